@@ -1,0 +1,80 @@
+"""The errors facestore raises.
+
+Every error subclasses a builtin as well as :class:`FacestoreError`, so callers can catch
+either (``StoreNotFoundError`` is also a ``FileNotFoundError``), as zarr does. Messages say
+what was wrong, what was expected and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class FacestoreError(Exception):
+    """Base class of every facestore error."""
+
+
+class DatasetError(FacestoreError, ValueError):
+    """The dataset (image folder or manifest) cannot be ingested as given."""
+
+
+class StoreError(FacestoreError):
+    """Base class of store problems."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """No facestore store at the given path."""
+
+
+class StoreFormatError(StoreError, ValueError):
+    """The store exists but is not a facestore store this version can read."""
+
+
+class SpecMismatchError(StoreError, ValueError):
+    """A build's resolved model spec differs from the one already stored."""
+
+
+class StoreLockedError(StoreError, RuntimeError):
+    """Another live process holds the write lock of a model group."""
+
+
+class DatasetChangedError(StoreError, ValueError):
+    """Images already in the store changed on disk since they were indexed."""
+
+
+class ModelNotFoundError(FacestoreError, LookupError):
+    """A model name that is neither in the registry nor in the store."""
+
+    def __str__(self) -> str:  # LookupError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class WeightsNotFoundError(FacestoreError, FileNotFoundError):
+    """Weights could not be found locally and could not be downloaded."""
+
+
+class DeviceError(FacestoreError, RuntimeError):
+    """The requested device or execution provider is not available."""
+
+
+class BuildError(FacestoreError, RuntimeError):
+    """A build could not complete (``--strict`` failures, distributed setup)."""
+
+
+class ImageDecodeError(FacestoreError, ValueError):
+    """An image could not be decoded. ``reason`` is a short code stored per row."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class PreprocessFailure(FacestoreError, ValueError):
+    """A decoded image cannot be fed to a model (for example ``no_face`` for ArcFace).
+
+    Raised by a model's preprocessor; the build records ``reason`` for that row and skips it.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail

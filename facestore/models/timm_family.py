@@ -1,0 +1,549 @@
+"""timm families: ResNet-50 (``timm``), the random ViT baseline (``random_vit``), SupCon (``supcon``).
+
+Preprocessing is read from timm's own data config, ``timm.data.resolve_data_config({}, model=m)``:
+``input_size``, ``interpolation``, ``mean``/``std`` and ``crop_pct``; timm's eval transform
+resizes the short side to ``floor(size / crop_pct)`` and centre-crops ``size``, which is what
+the resolved :class:`~facestore.models.spec.Preprocessing` records (``source="timm-data-config"``).
+
+Weights (``--weights``) for ``timm``:
+
+- a timm ``local-dir`` folder (``config.json`` + ``model.safetensors``, as written by
+  ``timm.models.save_for_hf(..., safe_serialization=True)``); the architecture and its arguments
+  come from ``config.json``;
+- a ``*.safetensors`` file, or a folder holding exactly one, loaded into ``spec.source``'s
+  architecture through ``pretrained_cfg_overlay=dict(file=...)``.
+
+Without weights, ``spec.source`` (``resnet50.a1_in1k``) loads through timm's hub cache.
+
+SupCon checkpoint format (``facestore-supcon`` version 1), a directory holding:
+
+- ``supcon_config.json``::
+
+    {"format": "facestore-supcon", "version": 1,
+     "timm_model": "resnet50",            # timm architecture of the encoder
+     "model_args": {...},                  # timm constructor arguments (num_classes, layers, ...)
+     "proj_layers": [2048, 2048, 128],     # Linear dims; ReLU between consecutive Linears
+     "preprocessing": {...},               # Preprocessing.to_dict() the encoder was trained with
+     "extra": {...}}                       # free-form training record (epochs, loss, split, ...)
+
+- ``model.safetensors`` with keys ``encoder.<timm state dict key>`` and
+  ``projector.<Sequential state dict key>`` (``projector.0.weight``, ``projector.2.bias``, ...).
+
+:func:`save_supcon_checkpoint` writes it (called by the trainer), :func:`load_supcon_checkpoint`
+reads it back; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from facestore.errors import DeviceError, WeightsNotFoundError
+from facestore.models.base import Encoder, library_versions, sha256_of_files
+from facestore.models.spec import ModelSpec, Preprocessing
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SUPCON_FORMAT = "facestore-supcon"
+SUPCON_VERSION = 1
+SUPCON_CONFIG = "supcon_config.json"
+SUPCON_WEIGHTS = "model.safetensors"
+
+
+# --------------------------------------------------------------------------------------------
+# Device and precision (shared by the torch families: timm, open_clip)
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str) -> Any:
+    """``auto|cpu|cuda|cuda:N`` -> a ``torch.device``; asking for CUDA without it raises DeviceError."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if re.fullmatch(r"cuda(:\d+)?", device or ""):
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {device!r} requested but torch sees no CUDA device (torch {torch.__version__}, "
+                f"built for CUDA {torch.version.cuda}); use --device cpu, or install a CUDA build of torch "
+                "that matches the driver"
+            )
+        dev = torch.device(device)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return dev
+    raise DeviceError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bf16 natively (oneDNN's check: AVX-512 BF16 / AMX)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: Any) -> str:
+    """``auto|fp32|bf16|fp16`` -> the compute precision actually used on ``device``.
+
+    ``auto`` is bf16 autocast on CUDA (when the GPU supports it) and on CPUs with native bf16,
+    fp32 otherwise: bf16 keeps cosine ~1.0 to fp32 for these encoders at 2-3x the speed.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def autocast(device: Any, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context for a resolved precision (a no-op for fp32)."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def state_dict_sha256(module: Any) -> str:
+    """sha256 over a module's state dict (sorted keys, dtype, shape, bytes): identifies an init."""
+    import torch
+
+    h = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class TorchEncoder(Encoder):
+    """An :class:`Encoder` over a frozen torch module; subclasses say how a batch becomes views."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        device: Any,
+        precision: str,
+        preprocessing: Preprocessing,
+        weights: dict[str, Any],
+        view_dims: dict[str, int],
+        versions: dict[str, str],
+        extra: dict[str, Any] | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        self.spec = spec
+        self._device = device
+        self._precision = precision
+        self._preprocessing = preprocessing
+        self._weights = weights
+        self._view_dims = view_dims
+        self._versions = versions
+        self._extra = dict(extra or {})
+        self._channels_last = channels_last
+
+    def preprocessor(self) -> Callable[[np.ndarray], Any]:
+        """The shared tensor preprocessing, configured from the model's own config."""
+        from facestore.models.preprocess import ImagePreprocessor
+
+        return ImagePreprocessor(self._preprocessing)
+
+    @abc.abstractmethod
+    def _forward(self, x: Any) -> dict[str, Any]:
+        """Model forward for one device batch: ``{view: (B, D) tensor}``."""
+
+    def encode(self, batch: Any) -> dict[str, Any]:
+        """Forward a ``(B, 3, H, W)`` batch under inference mode + autocast; float32 CPU views."""
+        import torch
+
+        x = batch.to(self._device, non_blocking=True)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(self._device, self._precision):
+            out = self._forward(x)
+        return {name: out[name].float().cpu() for name in self._view_dims}
+
+    def resolved_spec(self) -> dict[str, Any]:
+        """Registry spec + resolved preprocessing, real view dims, weights identity, precision, versions."""
+        d = self.spec.to_dict()
+        d["views"] = dict(self._view_dims)
+        d["preprocessing"] = self._preprocessing.to_dict()
+        d["weights"] = dict(self._weights)
+        d["precision"] = self._precision
+        d["versions"] = dict(self._versions)
+        d.update(self._extra)
+        return d
+
+    def runtime(self) -> dict[str, Any]:
+        """Device and compute precision that actually run."""
+        return {"device": str(self._device), "precision": self._precision, "channels_last": self._channels_last}
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing from timm's data config
+# --------------------------------------------------------------------------------------------
+
+
+def preprocessing_from_timm(model: Any) -> Preprocessing:
+    """The eval :class:`Preprocessing` timm's ``create_transform`` applies for ``model``."""
+    import timm.data
+
+    cfg = timm.data.resolve_data_config({}, model=model)
+    _, h, w = cfg["input_size"]
+    crop_pct = float(cfg.get("crop_pct") or 0.875)
+    crop_mode = cfg.get("crop_mode") or "center"
+    interpolation = cfg["interpolation"]
+    if interpolation not in ("bicubic", "bilinear", "nearest"):
+        raise ValueError(f"timm data config asks for interpolation {interpolation!r}; supported: bicubic, bilinear, nearest")
+    common = dict(interpolation=interpolation, mean=tuple(float(v) for v in cfg["mean"]),
+                  std=tuple(float(v) for v in cfg["std"]), source="timm-data-config")
+    if crop_mode == "center" and h == w:
+        # timm: Resize(floor(size / crop_pct)) on the short side, then CenterCrop(size).
+        return Preprocessing(size=(h, w), resize="shortest_edge", resize_to=math.floor(h / crop_pct),
+                             crop=(h, w), **common)
+    if crop_mode == "squash" and crop_pct == 1.0:
+        return Preprocessing(size=(h, w), resize="squash", **common)
+    raise ValueError(
+        f"timm data config {cfg} (crop_mode={crop_mode!r}, input {h}x{w}, crop_pct={crop_pct}) has no "
+        "equivalent in facestore's preprocessing (shortest-edge + square centre crop, or squash at crop_pct 1)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Family "timm"
+# --------------------------------------------------------------------------------------------
+
+
+class TimmPooledEncoder(TorchEncoder):
+    """A timm classifier's pre-logits features (global average pool for ResNet)."""
+
+    def __init__(self, spec: ModelSpec, *, model: Any, **kwargs: Any) -> None:
+        super().__init__(spec, **kwargs)
+        self.model = model
+
+    def _forward(self, x: Any) -> dict[str, Any]:
+        feats = self.model.forward_features(x)
+        return {"pooled": self.model.forward_head(feats, pre_logits=True)}
+
+
+def _safetensors_in(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.safetensors"))
+
+
+def _pickled_hint(directory: Path) -> str:
+    pickled = [p.name for p in directory.glob("*") if p.suffix in (".bin", ".pth", ".pt", ".ckpt")]
+    if not pickled:
+        return ""
+    return (f" Found {pickled}: facestore never unpickles weights; convert them with "
+            "safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors').")
+
+
+def _load_timm_weights(spec: ModelSpec, weights: str | Path) -> tuple[Any, dict[str, Any]]:
+    import timm
+
+    path = Path(weights).expanduser()
+    if not path.exists():
+        raise WeightsNotFoundError(f"{spec.name}: --weights {str(path)!r} does not exist")
+    if path.is_dir() and (path / "config.json").is_file():
+        st = path / "model.safetensors"
+        if not st.is_file():
+            raise WeightsNotFoundError(
+                f"{spec.name}: timm folder {str(path)!r} has config.json but no model.safetensors.{_pickled_hint(path)}"
+            )
+        model = timm.create_model(f"local-dir:{path}", pretrained=True)
+        files = [path / "config.json", st]
+    else:
+        if path.is_dir():
+            found = _safetensors_in(path)
+            if len(found) != 1:
+                raise WeightsNotFoundError(
+                    f"{spec.name}: --weights {str(path)!r} must hold a timm folder (config.json + model.safetensors) "
+                    f"or exactly one *.safetensors file; found {[p.name for p in found]}.{_pickled_hint(path)}"
+                )
+            path = found[0]
+        if path.suffix != ".safetensors":
+            raise WeightsNotFoundError(
+                f"{spec.name}: --weights {str(path)!r} is not a .safetensors file; facestore never unpickles weights"
+            )
+        model = timm.create_model(spec.source, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+        files = [path]
+    identity = {"kind": "local", "path_name": Path(weights).name, "sha256": sha256_of_files(files)}
+    return model, identity
+
+
+def _load_timm_hub(spec: ModelSpec) -> tuple[Any, dict[str, Any]]:
+    import timm
+
+    try:
+        model = timm.create_model(spec.source, pretrained=True)
+    except Exception as e:  # hub/network/cache errors surface as many types; all mean "no weights here"
+        raise WeightsNotFoundError(
+            f"{spec.name}: could not load timm weights {spec.source!r} from the Hugging Face cache or hub "
+            f"({type(e).__name__}: {e}). Download them once online (HF_HUB_OFFLINE unset), or pass "
+            "--weights DIR with a timm folder (config.json + model.safetensors) or a .safetensors file."
+        ) from e
+    cfg = model.pretrained_cfg
+    identity = {"kind": "hub", "id": cfg.get("hf_hub_id") or spec.source, "revision": None,
+                "tag": cfg.get("tag")}
+    return model, identity
+
+
+def _finish_torch_model(model: Any, device: Any, *, channels_last: bool) -> Any:
+    import torch
+
+    model.eval().requires_grad_(False).to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _load_timm(spec: ModelSpec, *, weights: Any, device: Any, precision: str) -> Encoder:
+    model, identity = _load_timm_weights(spec, weights) if weights is not None else _load_timm_hub(spec)
+    preprocessing = preprocessing_from_timm(model)
+    channels_last = device.type == "cuda"  # ResNet convs are ~25% faster channels_last on GPU
+    model = _finish_torch_model(model, device, channels_last=channels_last)
+    return TimmPooledEncoder(
+        spec, model=model, device=device, precision=precision, preprocessing=preprocessing, weights=identity,
+        view_dims={"pooled": int(model.num_features)}, versions=library_versions("torch", "timm", "facestore"),
+        extra={"architecture": model.pretrained_cfg.get("architecture")}, channels_last=channels_last,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Family "random_vit"
+# --------------------------------------------------------------------------------------------
+
+
+class RandomViTEncoder(TorchEncoder):
+    """The CLS token of a randomly initialised timm ViT (a random-features baseline)."""
+
+    def __init__(self, spec: ModelSpec, *, model: Any, **kwargs: Any) -> None:
+        super().__init__(spec, **kwargs)
+        self.model = model
+
+    def _forward(self, x: Any) -> dict[str, Any]:
+        return {"cls": self.model.forward_features(x)[:, 0]}
+
+
+def random_vit_architecture(spec: ModelSpec) -> str:
+    """The timm architecture named in a random_vit source (``timm:<arch> (...)``)."""
+    m = re.match(r"timm:([\w.]+)", spec.source)
+    if not m:
+        raise ValueError(f"{spec.name}: random_vit source must start with 'timm:<architecture>', got {spec.source!r}")
+    return m.group(1)
+
+
+def _load_random_vit(spec: ModelSpec, *, weights: Any, device: Any, precision: str,
+                     options: dict[str, Any]) -> Encoder:
+    import timm
+    import torch
+
+    if weights is not None:
+        raise ValueError(f"{spec.name} is a random-init baseline and takes no weights; drop --weights "
+                         f"(its identity is the seed, option 'seed')")
+    seed = int(options.get("seed", spec.option("seed", 0)))
+    arch = random_vit_architecture(spec)
+    # Initialise on the CPU under a forked RNG: the init is then the same on every machine and
+    # the caller's random state is left untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(arch, pretrained=False)
+    digest = state_dict_sha256(model)
+    preprocessing = preprocessing_from_timm(model)
+    model = _finish_torch_model(model, device, channels_last=False)
+    return RandomViTEncoder(
+        spec, model=model, device=device, precision=precision, preprocessing=preprocessing,
+        weights={"kind": "random-init", "architecture": arch, "seed": seed, "state_dict_sha256": digest},
+        view_dims={"cls": int(model.embed_dim)}, versions=library_versions("torch", "timm", "facestore"),
+        extra={"options": {**spec.to_dict()["options"], "seed": seed}},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Family "supcon": checkpoint format + encoder
+# --------------------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def projector_layers(projector: Any) -> list[int]:
+    """``[in, hidden..., out]`` of a projector made of Linear layers with ReLU between them."""
+    import torch
+
+    modules = list(projector)
+    linears = modules[0::2]
+    acts = modules[1::2]
+    ok = (
+        isinstance(projector, torch.nn.Sequential)
+        and len(modules) % 2 == 1
+        and all(isinstance(m, torch.nn.Linear) for m in linears)
+        and all(isinstance(m, torch.nn.ReLU) for m in acts)
+        and all(a.out_features == b.in_features for a, b in zip(linears, linears[1:]))
+    )
+    if not ok:
+        raise ValueError(
+            "the SupCon projector must be torch.nn.Sequential(Linear, ReLU, Linear, ..., Linear) with matching "
+            f"dims, got {projector}; this is the format facestore-supcon v1 stores"
+        )
+    return [linears[0].in_features] + [m.out_features for m in linears]
+
+
+def build_projector(layers: list[int]) -> Any:
+    """The ``Sequential(Linear, ReLU, ..., Linear)`` projector described by ``layers``."""
+    import torch
+
+    if len(layers) < 2:
+        raise ValueError(f"proj_layers needs at least [in, out], got {layers}")
+    mods: list[Any] = []
+    for i, (a, b) in enumerate(zip(layers, layers[1:])):
+        if i:
+            mods.append(torch.nn.ReLU())
+        mods.append(torch.nn.Linear(a, b))
+    return torch.nn.Sequential(*mods)
+
+
+def save_supcon_checkpoint(
+    directory: str | Path,
+    *,
+    encoder: Any,
+    projector: Any,
+    timm_model: str,
+    preprocessing: Preprocessing,
+    extra: dict[str, Any],
+) -> Path:
+    """Write a ``facestore-supcon`` v1 checkpoint (see the module docstring); returns the directory."""
+    from safetensors.torch import save_file
+    from timm.models._input import get_model_args  # the constructor args timm itself exports to config.json
+
+    directory = Path(directory)
+    layers = projector_layers(projector)
+    if layers[0] != encoder.num_features:
+        raise ValueError(f"projector input {layers[0]} != encoder features {encoder.num_features}")
+    model_args = _jsonable(get_model_args(encoder, {}))
+    config = {
+        "format": SUPCON_FORMAT,
+        "version": SUPCON_VERSION,
+        "timm_model": timm_model,
+        "model_args": model_args,
+        "proj_layers": layers,
+        "preprocessing": preprocessing.to_dict(),
+        "extra": _jsonable(extra),
+    }
+    json.dumps(config)  # fail here, before writing anything, if `extra` is not JSON-able
+    tensors = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    tensors.update({f"projector.{k}": v.detach().cpu().contiguous() for k, v in projector.state_dict().items()})
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(directory / SUPCON_WEIGHTS), metadata={"format": SUPCON_FORMAT})
+    (directory / SUPCON_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return directory
+
+
+def load_supcon_checkpoint(directory: str | Path) -> tuple[Any, Any, dict[str, Any]]:
+    """Read a ``facestore-supcon`` checkpoint: ``(encoder, projector, config)`` on the CPU, eval mode."""
+    import timm
+    from safetensors.torch import load_file
+
+    directory = Path(directory).expanduser()
+    cfg_path, st_path = directory / SUPCON_CONFIG, directory / SUPCON_WEIGHTS
+    if not cfg_path.is_file() or not st_path.is_file():
+        raise WeightsNotFoundError(
+            f"{str(directory)!r} is not a SupCon checkpoint: expected {SUPCON_CONFIG} and {SUPCON_WEIGHTS} "
+            "(written by `probes supcon --train-encoder`); pass that folder as --weights"
+        )
+    config = json.loads(cfg_path.read_text())
+    if config.get("format") != SUPCON_FORMAT or config.get("version") != SUPCON_VERSION:
+        raise ValueError(
+            f"{cfg_path}: format {config.get('format')!r} version {config.get('version')!r}; this facestore reads "
+            f"{SUPCON_FORMAT!r} version {SUPCON_VERSION}"
+        )
+    tensors = load_file(str(st_path))
+    enc_sd = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
+    proj_sd = {k[len("projector."):]: v for k, v in tensors.items() if k.startswith("projector.")}
+    encoder = timm.create_model(config["timm_model"], pretrained=False, **config.get("model_args", {}))
+    encoder.load_state_dict(enc_sd, strict=True)
+    projector = build_projector(config["proj_layers"])
+    projector.load_state_dict(proj_sd, strict=True)
+    return encoder.eval(), projector.eval(), config
+
+
+class SupConEncoder(TorchEncoder):
+    """SupCon-trained encoder: pooled features (``embedding``) and projector output (``projection``)."""
+
+    def __init__(self, spec: ModelSpec, *, encoder: Any, projector: Any, **kwargs: Any) -> None:
+        super().__init__(spec, **kwargs)
+        self.encoder = encoder
+        self.projector = projector
+
+    def _forward(self, x: Any) -> dict[str, Any]:
+        emb = self.encoder.forward_head(self.encoder.forward_features(x), pre_logits=True)
+        return {"embedding": emb, "projection": self.projector(emb)}
+
+
+def _load_supcon(spec: ModelSpec, *, weights: Any, device: Any, precision: str) -> Encoder:
+    if weights is None:
+        raise WeightsNotFoundError(
+            f"{spec.name} has no public weights: train it with `probes supcon --train-encoder` and pass the "
+            "checkpoint folder as --weights DIR"
+        )
+    directory = Path(weights).expanduser()
+    encoder, projector, config = load_supcon_checkpoint(directory)
+    preprocessing = Preprocessing.from_dict({**config["preprocessing"], "source": "supcon-checkpoint"})
+    channels_last = device.type == "cuda"
+    encoder = _finish_torch_model(encoder, device, channels_last=channels_last)
+    projector = _finish_torch_model(projector, device, channels_last=False)
+    identity = {"kind": "local", "path_name": directory.name,
+                "sha256": sha256_of_files([directory / SUPCON_CONFIG, directory / SUPCON_WEIGHTS])}
+    return SupConEncoder(
+        spec, encoder=encoder, projector=projector, device=device, precision=precision,
+        preprocessing=preprocessing, weights=identity,
+        view_dims={"embedding": int(encoder.num_features), "projection": int(config["proj_layers"][-1])},
+        versions=library_versions("torch", "timm", "facestore"),
+        extra={"architecture": config["timm_model"], "training": config.get("extra", {})},
+        channels_last=channels_last,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def load(spec: ModelSpec, *, weights: Any, device: str, precision: str, options: dict[str, Any]) -> Encoder:
+    """Load a ``timm``, ``random_vit`` or ``supcon`` family encoder (see the module docstring)."""
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    log.info("%s: device %s, precision %s", spec.name, dev, prec)
+    if spec.family == "timm":
+        return _load_timm(spec, weights=weights, device=dev, precision=prec)
+    if spec.family == "random_vit":
+        return _load_random_vit(spec, weights=weights, device=dev, precision=prec, options=options)
+    if spec.family == "supcon":
+        return _load_supcon(spec, weights=weights, device=dev, precision=prec)
+    raise ValueError(f"facestore.models.timm_family loads families timm, random_vit, supcon; got {spec.family!r}")

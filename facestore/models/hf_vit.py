@@ -1,0 +1,341 @@
+"""DINOv2 and DINOv3 through transformers (families ``dinov2`` and ``dinov3``).
+
+Views: ``cls`` (``last_hidden_state[:, 0]``, after the final layernorm) and ``patch_mean`` (mean
+of the patch tokens; DINOv3's register tokens, which sit between CLS and the patches, are
+excluded). Preprocessing is read from the checkpoint's own image processor.
+
+The helpers here (device and precision resolution, safetensors-only loading with clear
+offline/gated errors, weights identity) are shared with :mod:`facestore.models.siglip`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from facestore.errors import DeviceError, WeightsNotFoundError
+from facestore.models.base import Encoder, library_versions, sha256_of_files
+from facestore.models.preprocess import ImagePreprocessor, from_hf_processor, with_source
+from facestore.models.spec import ModelSpec, Preprocessing
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+# transformers ``config.model_type`` each family expects in a weights directory.
+_MODEL_TYPES = {"dinov2": "dinov2", "dinov3": "dinov3_vit"}
+
+# DINOv3ViTImageProcessor rescales to float *before* resizing; the others resize the uint8 image.
+_RESIZE_DTYPE = {"dinov2": "uint8", "dinov3": "float32"}
+
+# Files whose bytes define a local checkpoint (weights, configs, tokenizer); hashed for identity.
+_IDENTITY_PATTERNS = ("*.safetensors", "*.json", "*.model")
+
+
+# ---------------------------------------------------------------- device and precision
+
+
+def resolve_device(device: str) -> Any:
+    """``auto|cpu|cuda|cuda:N`` -> ``torch.device``; CUDA asked for but missing raises ``DeviceError``."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {device!r} requested but torch sees no CUDA device (torch {torch.__version__}, "
+                f"built for CUDA {torch.version.cuda}); use --device cpu or --device auto, or install a CUDA build of torch"
+            )
+        dev = torch.device(device)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist "
+                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+            )
+        return dev
+    raise DeviceError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (x86 AVX512-BF16/AMX, Arm BF16).
+
+    Without it bf16 autocast is emulated and slower than fp32, so ``auto`` picks fp32.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_precision(precision: str, device: Any) -> str:
+    """``auto|fp32|bf16|fp16`` -> the compute precision actually used on ``device``.
+
+    ``auto``: bf16 autocast on CUDA (fp16 where bf16 is unsupported) and on CPUs with native bf16
+    (measured: cosine 1.0000 to fp32, 3x faster), else fp32. fp16 is CUDA-only.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    cuda = device.type == "cuda"
+    if precision == "auto":
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if precision == "fp16" and not cuda:
+        raise DeviceError("precision 'fp16' is CUDA-only (CPU fp16 autocast is slow and inexact); use bf16 or fp32")
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise DeviceError(f"precision 'bf16' is not supported by {torch.cuda.get_device_name(device)}; use fp16 or fp32")
+    return precision
+
+
+def autocast_dtype(precision: str) -> Any:
+    """The torch dtype autocast runs in for ``precision`` (``None`` for fp32: no autocast)."""
+    import torch
+
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+# ---------------------------------------------------------------- weights
+
+
+def gated_message(repo_id: str) -> str:
+    """What to do when the hub refuses a gated checkpoint."""
+    return (
+        f"{repo_id} is a gated model on the Hugging Face hub and this machine has no access to it. "
+        f"Accept the licence on https://huggingface.co/{repo_id}, log in with `hf auth login` "
+        "(or set HF_TOKEN), then retry; or download it elsewhere and pass --weights DIR "
+        "(a directory written by save_pretrained)."
+    )
+
+
+def _is_gated(error: BaseException) -> bool:
+    from huggingface_hub.errors import GatedRepoError
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, GatedRepoError):
+            return True
+        text = str(seen)
+        if "gated repo" in text or "401 Client Error" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def from_pretrained(loader: Callable[..., Any], spec: ModelSpec, weights: str | Path | None, **kwargs: Any) -> Any:
+    """Call a transformers ``from_pretrained`` on ``weights`` (local dir) or ``spec.source`` (hub).
+
+    Never runs remote code; hub loads honour ``spec.revision``. Missing weights raise
+    ``WeightsNotFoundError`` naming the hub id and ``--weights``; gated repos say how to get access.
+    """
+    kwargs.setdefault("trust_remote_code", False)
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_dir():
+            raise WeightsNotFoundError(
+                f"--weights {str(weights)!r} for {spec.name} is not a directory; pass the directory written by "
+                f"save_pretrained (config.json + model.safetensors) for {spec.source}"
+            )
+        target: str = str(path)
+    else:
+        target = spec.source
+        if spec.revision:
+            kwargs.setdefault("revision", spec.revision)
+    try:
+        return loader(target, **kwargs)
+    except OSError as e:
+        if weights is None and _is_gated(e):
+            raise WeightsNotFoundError(gated_message(spec.source)) from e
+        if weights is not None:
+            raise WeightsNotFoundError(
+                f"could not load {spec.name} from --weights {str(weights)!r}: {e}. facestore loads safetensors only "
+                "(never pickled .bin files); re-save the checkpoint with save_pretrained(..., safe_serialization=True)"
+            ) from e
+        raise WeightsNotFoundError(
+            f"could not load {spec.source!r} for {spec.name}: no usable copy in the Hugging Face cache and the hub "
+            f"was not reachable ({type(e).__name__}). Connect once to download it (unset HF_HUB_OFFLINE), or "
+            f"pass --weights DIR with a local copy saved by save_pretrained."
+        ) from e
+
+
+def _hub_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit hash of the cached snapshot that was loaded (cache layout ``snapshots/<hash>/``)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json", revision=revision or "main")
+    if isinstance(found, str):
+        return Path(found).parent.name
+    return None
+
+
+def weights_identity(spec: ModelSpec, weights: str | Path | None) -> dict[str, Any]:
+    """``{"kind": "local", "path_name", "sha256"}`` or ``{"kind": "hub", "id", "revision"}``."""
+    if weights is not None:
+        root = Path(weights)
+        files = sorted({p for pattern in _IDENTITY_PATTERNS for p in root.glob(pattern) if p.is_file()})
+        return {"kind": "local", "path_name": root.name, "sha256": sha256_of_files(files),
+                "files": [p.name for p in files]}
+    return {"kind": "hub", "id": spec.source, "revision": _hub_commit(spec.source, spec.revision) or spec.revision}
+
+
+def load_preprocessing(spec: ModelSpec, weights: str | Path | None) -> Preprocessing:
+    """Preprocessing from the checkpoint's image processor (``source="hf-processor"``).
+
+    A local weights dir without ``preprocessor_config.json`` (or a processor's
+    ``processor_config.json``) falls back to the registry's values, recorded with ``source="registry"``.
+    """
+    names = ("preprocessor_config.json", "processor_config.json")
+    if weights is not None and not any((Path(weights) / n).is_file() for n in names):
+        log.warning("%s: no image processor config in %s; using the registry's preprocessing", spec.name, weights)
+        return with_source(spec.preprocessing, "registry")
+    from transformers import AutoImageProcessor
+
+    processor = from_pretrained(AutoImageProcessor.from_pretrained, spec, weights)
+    return from_hf_processor(processor)
+
+
+def check_model_type(config: Any, spec: ModelSpec, expected: str, weights: str | Path | None) -> None:
+    """Refuse a checkpoint of another architecture (e.g. a SigLIP dir passed as DINOv2 weights)."""
+    got = getattr(config, "model_type", None)
+    if got != expected:
+        where = f"--weights {str(weights)!r}" if weights is not None else spec.source
+        raise WeightsNotFoundError(
+            f"{where} holds a {got!r} checkpoint but {spec.name} (family {spec.family}) needs a {expected!r} one; "
+            "pass the directory of the right model"
+        )
+
+
+def resolved_record(
+    spec: ModelSpec,
+    *,
+    preprocessing: Preprocessing,
+    view_dims: dict[str, int],
+    weights: dict[str, Any],
+    precision: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``spec.to_dict()`` updated with what was resolved at load time (device-independent)."""
+    d = spec.to_dict()
+    d["preprocessing"] = preprocessing.to_dict()
+    # The dims the loaded model really produces (a tiny test model, a fine-tune): the store is
+    # sized from these, so they win over the registry's nominal dims, which stay on record.
+    d["views"] = dict(view_dims)
+    if view_dims != spec.view_dims:
+        d["registry_views"] = spec.view_dims
+    d["weights"] = weights
+    d["precision"] = precision
+    d["versions"] = library_versions("torch", "torchvision", "transformers", "safetensors", "facestore")
+    if extra:
+        d.update(extra)
+    return d
+
+
+# ---------------------------------------------------------------- the encoder
+
+
+class HFViTEncoder(Encoder):
+    """A frozen DINOv2/DINOv3 backbone producing ``cls`` and ``patch_mean``."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        model: Any,
+        preprocessing: Preprocessing,
+        weights: dict[str, Any],
+        device: Any,
+        precision: str,
+    ) -> None:
+        self.spec = spec
+        self.model = model
+        self.preprocessing = preprocessing
+        self.weights = weights
+        self.device = device
+        self.precision = precision
+        self.num_register_tokens = int(getattr(model.config, "num_register_tokens", 0) or 0)
+        self.hidden_size = int(model.config.hidden_size)
+        self._preprocessor = ImagePreprocessor(preprocessing, resize_dtype=_RESIZE_DTYPE[spec.family])
+
+    def preprocessor(self) -> ImagePreprocessor:
+        """uint8 RGB ``(H, W, 3)`` -> normalised float32 ``(3, 224, 224)`` (picklable)."""
+        return self._preprocessor
+
+    def encode(self, batch: Any) -> dict[str, Any]:
+        """``{"cls", "patch_mean"}``: float32 ``(B, hidden_size)`` CPU tensors."""
+        import torch
+
+        x = batch.to(self.device, non_blocking=True)
+        dtype = autocast_dtype(self.precision)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            hidden = self.model(pixel_values=x).last_hidden_state
+        hidden = hidden.float()
+        # Token layout: [CLS, registers (DINOv3 only), patches].
+        patches = hidden[:, 1 + self.num_register_tokens :]
+        return {"cls": hidden[:, 0].cpu(), "patch_mean": patches.mean(dim=1).cpu()}
+
+    def resolved_spec(self) -> dict[str, Any]:
+        """The registry spec + resolved preprocessing, real dims, weights identity, precision, versions."""
+        return resolved_record(
+            self.spec,
+            preprocessing=self.preprocessing,
+            view_dims={v.name: self.hidden_size for v in self.spec.views},
+            weights=self.weights,
+            precision=self.precision,
+            extra={
+                "preprocessor": {"class": "ImagePreprocessor", "resize_dtype": self._preprocessor.resize_dtype},
+                "num_register_tokens": self.num_register_tokens,
+            },
+        )
+
+    def runtime(self) -> dict[str, Any]:
+        """Device, compute precision and autocast dtype actually used."""
+        dtype = autocast_dtype(self.precision)
+        return {"device": str(self.device), "precision": self.precision,
+                "dtype": str(dtype or "torch.float32"), "model_class": type(self.model).__name__}
+
+
+def load(spec: ModelSpec, *, weights: str | None, device: str, precision: str, options: dict[str, Any]) -> HFViTEncoder:
+    """Load a DINOv2/DINOv3 encoder from ``weights`` (a save_pretrained dir) or the hub cache."""
+    from transformers import AutoConfig, AutoModel
+
+    if spec.family not in _MODEL_TYPES:
+        raise ValueError(f"facestore.models.hf_vit loads families {sorted(_MODEL_TYPES)}, not {spec.family!r}")
+    if options:
+        raise ValueError(f"{spec.name} takes no options, got {sorted(options)}")
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    config = from_pretrained(AutoConfig.from_pretrained, spec, weights)
+    check_model_type(config, spec, _MODEL_TYPES[spec.family], weights)
+    model = from_pretrained(AutoModel.from_pretrained, spec, weights, use_safetensors=True)
+    model.requires_grad_(False).eval().to(dev)
+    preprocessing = load_preprocessing(spec, weights)
+    encoder = HFViTEncoder(spec, model=model, preprocessing=preprocessing, weights=weights_identity(spec, weights),
+                           device=dev, precision=prec)
+    log.info("%s on %s, precision %s", spec.name, dev, prec)
+    return encoder
+
+
+__all__ = [
+    "HFViTEncoder",
+    "load",
+    "resolve_device",
+    "resolve_precision",
+    "from_pretrained",
+    "weights_identity",
+    "gated_message",
+]

@@ -1,0 +1,597 @@
+"""Linear probes: multinomial logistic regression trained in torch, as scikit-learn estimators.
+
+:class:`LinearProbe` is one head. :class:`LinearSweep` trains a whole grid of heads (weight
+decays x learning rates) at once, as one batched ``(G, D, C)`` weight tensor fed the same
+mini-batches, in the spirit of dinov2's ``eval/linear.py``; it picks the best member on a
+validation set, extends the grid when the best value sits on its edge, chooses the
+logit-adjustment strength on validation, and refits the chosen head on train+validation.
+
+Optimisation is AdamW written out by hand over the batched tensors, so each member gets its own
+learning rate and decoupled weight decay while sharing every batch: a member of a sweep follows
+exactly the trajectory of a :class:`LinearProbe` fitted alone with the same parameters and
+``random_state``. Weights start at zero (the problem is convex; zero makes fits reproducible).
+
+Balancing (``balance``):
+- ``none``: plain cross-entropy.
+- ``weighted``: cross-entropy weighted by n / (C * count(class)).
+- ``logit-adjust``: trained plain; at prediction ``tau * log(prior)`` is subtracted from the
+  logits (post-hoc logit adjustment, Menon et al. 2021), which stops frequent names from
+  absorbing the predictions (the plan's prediction-CV target). ``LinearSweep`` picks ``tau``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from itertools import product
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from probes.errors import NotEnoughDataError, ProbeConfigError
+
+__all__ = ["FEATURE_MODES", "BALANCE_MODES", "LinearProbe", "LinearSweep", "default_weight_decays"]
+
+FEATURE_MODES = ("none", "standardize", "l2", "l2-standardize")
+BALANCE_MODES = ("none", "weighted", "logit-adjust")
+OPTIMIZERS = ("adamw", "lbfgs")
+_PREDICT_CHUNK = 65536
+
+
+def default_weight_decays(n: int = 8) -> tuple[float, ...]:
+    """``n`` log-spaced AdamW weight decays from 1e-4 to 10 (decoupled: shrink lr*wd per step)."""
+    return tuple(float(x) for x in np.logspace(-4, 1, n))
+
+
+def _resolve_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ProbeConfigError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
+    return dev
+
+
+@contextlib.contextmanager
+def _threads(n_threads: int | None):
+    """Limit torch's intra-op threads for the duration of a fit (shared machines)."""
+    import torch
+
+    if n_threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _encode_labels(y, classes) -> tuple[np.ndarray, np.ndarray]:
+    """(classes_, indices of y into classes_); ``classes`` None means the sorted unique y."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D, got shape {y.shape}")
+    if classes is None:
+        classes_, idx = np.unique(y, return_inverse=True)
+        return classes_, idx.astype(np.int64)
+    classes_ = np.asarray(classes)
+    lookup = {c: i for i, c in enumerate(classes_.tolist())}
+    if len(lookup) != len(classes_):
+        raise ProbeConfigError("classes must be unique")
+    uniq, inv = np.unique(y, return_inverse=True)
+    missing = [u for u in uniq.tolist() if u not in lookup]
+    if missing:
+        raise ProbeConfigError(f"labels {missing[:5]} are not among the {len(classes_)} given classes")
+    return classes_, np.array([lookup[u] for u in uniq.tolist()], dtype=np.int64)[inv]
+
+
+class _Features:
+    """Feature preprocessing fitted on training rows (mean/std in float64 for stability)."""
+
+    def __init__(self, mode: str):
+        if mode not in FEATURE_MODES:
+            raise ProbeConfigError(f"features must be one of {FEATURE_MODES}, got {mode!r}")
+        self.mode = mode
+        self.mean = None
+        self.std = None
+
+    @staticmethod
+    def _l2(X):
+        return X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def fit_transform(self, X):
+        if self.mode in ("l2", "l2-standardize"):
+            X = self._l2(X)
+        if self.mode in ("standardize", "l2-standardize"):
+            Xd = X.double()
+            self.mean = Xd.mean(0).float()
+            self.std = Xd.std(0).clamp_min(1e-6).float()
+            X = (X - self.mean) / self.std
+        return X
+
+    def transform(self, X):
+        if self.mode in ("l2", "l2-standardize"):
+            X = self._l2(X)
+        if self.mean is not None:
+            X = (X - self.mean.to(X.device)) / self.std.to(X.device)
+        return X
+
+
+def _class_weights(y_idx: np.ndarray, n_classes: int) -> np.ndarray:
+    counts = np.bincount(y_idx, minlength=n_classes).astype(np.float64)
+    w = np.zeros(n_classes)
+    seen = counts > 0
+    w[seen] = y_idx.size / (seen.sum() * counts[seen])
+    return w
+
+
+def _log_prior(y_idx: np.ndarray, n_classes: int) -> np.ndarray:
+    # Laplace-smoothed so that a name absent from training gets a finite adjustment.
+    counts = np.bincount(y_idx, minlength=n_classes).astype(np.float64)
+    return np.log((counts + 1) / (counts.sum() + n_classes))
+
+
+def _train_adamw(X, y, *, n_classes, lrs, wds, epochs, batch_size, class_weight, seed):
+    """Train G heads at once with per-member AdamW (decoupled weight decay), cosine schedule.
+
+    Gradients are computed in closed form (softmax - onehot), which is exact for the
+    cross-entropy of a linear head and avoids autograd's bookkeeping for (G, B, C) tensors.
+    """
+    import torch
+
+    dev = X.device
+    n, d = X.shape
+    g = len(lrs)
+    W = torch.zeros(g, d, n_classes, device=dev)
+    b = torch.zeros(g, n_classes, device=dev)
+    mW, vW = torch.zeros_like(W), torch.zeros_like(W)
+    mb, vb = torch.zeros_like(b), torch.zeros_like(b)
+    lr0 = torch.tensor(lrs, dtype=torch.float32, device=dev)
+    wd = torch.tensor(wds, dtype=torch.float32, device=dev)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    cw = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32, device=dev)
+    gen = torch.Generator().manual_seed(int(seed))
+    steps_per_epoch = math.ceil(n / batch_size)
+    total = epochs * steps_per_epoch
+    step = 0
+    losses = []
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen).to(dev)
+        epoch_loss = torch.zeros(g, device=dev)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            xb, yb = X[idx], y[idx]
+            logits = torch.einsum("nd,gdc->gnc", xb, W) + b[:, None, :]
+            logp = torch.log_softmax(logits, dim=2)
+            p = logp.exp()
+            rows = torch.arange(idx.numel(), device=dev)
+            if cw is None:
+                sw = torch.full((idx.numel(),), 1.0 / idx.numel(), device=dev)
+            else:
+                s = cw[yb]
+                sw = s / s.sum().clamp_min(1e-12)
+            epoch_loss -= (logp[:, rows, yb] * sw).sum(1)
+            p[:, rows, yb] -= 1.0
+            p *= sw[None, :, None]
+            gW = torch.einsum("nd,gnc->gdc", xb, p)
+            gb = p.sum(1)
+            step += 1
+            lr = lr0 * 0.5 * (1 + math.cos(math.pi * (step - 1) / total))
+            c1, c2 = 1 - b1**step, 1 - b2**step
+            W.mul_(1 - (lr * wd)[:, None, None])
+            mW.mul_(b1).add_(gW, alpha=1 - b1)
+            vW.mul_(b2).addcmul_(gW, gW, value=1 - b2)
+            W.sub_(lr[:, None, None] * (mW / c1) / ((vW / c2).sqrt() + eps))
+            mb.mul_(b1).add_(gb, alpha=1 - b1)
+            vb.mul_(b2).addcmul_(gb, gb, value=1 - b2)
+            b.sub_(lr[:, None] * (mb / c1) / ((vb / c2).sqrt() + eps))
+        losses.append((epoch_loss / steps_per_epoch).tolist())
+    return W, b, losses
+
+
+def _train_lbfgs(X, y, *, n_classes, l2, max_iter, class_weight):
+    """Full-batch L-BFGS on mean cross-entropy + 0.5 * l2 * ||W||^2 (the CLIP paper's probe)."""
+    import torch
+
+    dev = X.device
+    W = torch.zeros(X.shape[1], n_classes, device=dev, requires_grad=True)
+    b = torch.zeros(n_classes, device=dev, requires_grad=True)
+    cw = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32, device=dev)
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(X @ W + b, y, weight=cw) + 0.5 * l2 * (W * W).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    return W.detach()[None], b.detach()[None], [[float(loss.detach())]]
+
+
+class LinearProbe(ClassifierMixin, BaseEstimator):
+    """Multinomial logistic regression on frozen embeddings, trained in torch (CPU or CUDA).
+
+    Args:
+        optimizer: ``"adamw"`` (mini-batch, cosine schedule) or ``"lbfgs"`` (full batch).
+        lr: AdamW peak learning rate.
+        weight_decay: AdamW decoupled weight decay; for ``lbfgs`` the L2 coefficient.
+        epochs, batch_size: AdamW schedule.
+        max_iter: L-BFGS iterations.
+        features: ``none``, ``standardize``, ``l2`` or ``l2-standardize`` (fitted on fit data).
+        balance: ``none``, ``weighted`` or ``logit-adjust`` (see the module docstring).
+        tau: logit-adjustment strength (only for ``balance="logit-adjust"``).
+        classes: the fixed class order (e.g. all names of a task, including names absent from
+            the training rows); default the sorted unique training labels.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+        n_threads: torch CPU threads during fit/predict (None: leave torch's setting).
+        random_state: seed of the mini-batch order.
+
+    Fitted attributes: ``classes_``, ``coef_`` (D, C) and ``intercept_`` (C,) in the
+    preprocessed feature space, ``log_prior_``, ``loss_curve_``, ``n_features_in_``,
+    ``device_``, ``fit_time_``.
+    """
+
+    def __init__(
+        self,
+        optimizer: str = "adamw",
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-3,
+        epochs: int = 10,
+        batch_size: int = 1024,
+        max_iter: int = 100,
+        features: str = "standardize",
+        balance: str = "none",
+        tau: float = 1.0,
+        classes=None,
+        device: str = "cpu",
+        n_threads: int | None = None,
+        random_state: int | None = None,
+    ):
+        self.optimizer = optimizer
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.max_iter = max_iter
+        self.features = features
+        self.balance = balance
+        self.tau = tau
+        self.classes = classes
+        self.device = device
+        self.n_threads = n_threads
+        self.random_state = random_state
+
+    def _validate(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ProbeConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.balance not in BALANCE_MODES:
+            raise ProbeConfigError(f"balance must be one of {BALANCE_MODES}, got {self.balance!r}")
+        if self.features not in FEATURE_MODES:
+            raise ProbeConfigError(f"features must be one of {FEATURE_MODES}, got {self.features!r}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.epochs < 1 or self.batch_size < 1:
+            raise ProbeConfigError("lr must be > 0, weight_decay >= 0, epochs and batch_size >= 1")
+
+    def fit(self, X, y):
+        """Fit on features ``X`` (n, D) and labels ``y`` (names or ints); returns self."""
+        import torch
+
+        self._validate()
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[0] != len(y):
+            raise ValueError(f"X must be (n, D) with n = len(y); got {X.shape} and {len(y)} labels")
+        self.classes_, y_idx = _encode_labels(y, self.classes)
+        if len(np.unique(y_idx)) < 2:
+            raise NotEnoughDataError("fit needs at least two distinct classes in y")
+        n_classes = len(self.classes_)
+        seed = 0 if self.random_state is None else int(self.random_state)
+        self.device_ = str(_resolve_device(self.device))
+        t0 = time.perf_counter()
+        with _threads(self.n_threads), torch.no_grad():
+            Xt = torch.from_numpy(X).to(self.device_)
+            self._features = _Features(self.features)
+            Xt = self._features.fit_transform(Xt)
+            yt = torch.from_numpy(y_idx).to(self.device_)
+            cw = _class_weights(y_idx, n_classes) if self.balance == "weighted" else None
+            if self.optimizer == "adamw":
+                W, b, losses = _train_adamw(
+                    Xt, yt, n_classes=n_classes, lrs=[self.lr], wds=[self.weight_decay],
+                    epochs=self.epochs, batch_size=self.batch_size, class_weight=cw, seed=seed,
+                )
+            else:
+                with torch.enable_grad():
+                    W, b, losses = _train_lbfgs(
+                        Xt, yt, n_classes=n_classes, l2=self.weight_decay,
+                        max_iter=self.max_iter, class_weight=cw,
+                    )
+        self._set_head(W[0], b[0], y_idx, n_classes)
+        self.loss_curve_ = [row[0] for row in losses]
+        self.n_features_in_ = X.shape[1]
+        self.fit_time_ = time.perf_counter() - t0
+        return self
+
+    def _set_head(self, W, b, y_idx, n_classes):
+        self._W, self._b = W, b
+        self.coef_ = W.cpu().numpy()
+        self.intercept_ = b.cpu().numpy()
+        self.log_prior_ = _log_prior(y_idx, n_classes)
+
+    def _raw_logits(self, X):
+        import torch
+
+        check_is_fitted(self, "coef_")
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X must be (n, {self.n_features_in_}), got {X.shape}")
+        out = []
+        with _threads(self.n_threads), torch.no_grad():
+            for s in range(0, X.shape[0], _PREDICT_CHUNK):
+                xb = self._features.transform(torch.from_numpy(X[s : s + _PREDICT_CHUNK]).to(self.device_))
+                out.append((xb @ self._W.to(self.device_) + self._b.to(self.device_)).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes_)), np.float32)
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logits (n, C), logit-adjusted when ``balance="logit-adjust"``; columns = ``classes_``."""
+        logits = self._raw_logits(X)
+        if self.balance == "logit-adjust":
+            logits = logits - np.float32(self.tau) * self.log_prior_.astype(np.float32)
+        return logits
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Softmax of :meth:`decision_function`; rows sum to 1."""
+        z = self.decision_function(X).astype(np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict(self, X) -> np.ndarray:
+        """The predicted class (a name when fitted on names) of each row."""
+        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+
+
+def _score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    from probes.metrics import accuracy, balanced_accuracy, macro_f1
+
+    return {"balanced_accuracy": balanced_accuracy, "accuracy": accuracy, "macro_f1": macro_f1}[metric](y_true, y_pred)
+
+
+class LinearSweep(ClassifierMixin, BaseEstimator):
+    """A grid of linear heads trained in one pass, the best picked on validation, then refit.
+
+    Every (weight decay, learning rate) pair is one member of a batched ``(G, D, C)`` head fed
+    the same mini-batches. Selection uses only the validation rows (``X_val`` / ``y_val``, or a
+    ``val_fraction`` held out from ``X`` by group when ``groups`` are given): the test split is
+    never seen. When the best weight decay (or learning rate) is the largest or smallest of the
+    grid, ``extend_steps`` more values beyond that edge are trained (at the grid's log spacing)
+    up to ``max_extensions`` times; ``grid_extensions_`` records each, and ``edge_optimum_``
+    says whether the optimum still sat on the edge at the end. With ``balance="logit-adjust"``
+    each member's ``tau`` is chosen from ``taus`` on validation too. With ``refit`` (default)
+    the chosen head is refit on train+validation (``best_estimator_``) and used by ``predict``.
+
+    Fitted attributes: ``classes_``, ``cv_results_`` (dict of lists, one entry per member),
+    ``best_params_``, ``best_score_``, ``best_index_``, ``coef_grid_`` (G, D, C) and
+    ``intercept_grid_`` (G, C) of the train-only members, ``grid_extensions_``,
+    ``edge_optimum_``, ``best_estimator_``, ``fit_time_``, ``refit_time_``.
+    """
+
+    def __init__(
+        self,
+        weight_decays=None,
+        *,
+        lrs=(1e-3,),
+        epochs: int = 10,
+        batch_size: int = 1024,
+        features: str = "standardize",
+        balance: str = "none",
+        taus=(0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
+        scoring: str = "balanced_accuracy",
+        extend_grid: bool = True,
+        extend_steps: int = 2,
+        max_extensions: int = 2,
+        val_fraction: float = 0.1,
+        refit: bool = True,
+        classes=None,
+        device: str = "cpu",
+        n_threads: int | None = None,
+        random_state: int | None = None,
+    ):
+        self.weight_decays = weight_decays
+        self.lrs = lrs
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.features = features
+        self.balance = balance
+        self.taus = taus
+        self.scoring = scoring
+        self.extend_grid = extend_grid
+        self.extend_steps = extend_steps
+        self.max_extensions = max_extensions
+        self.val_fraction = val_fraction
+        self.refit = refit
+        self.classes = classes
+        self.device = device
+        self.n_threads = n_threads
+        self.random_state = random_state
+
+    def _holdout(self, n, y_idx, groups, seed):
+        from sklearn.model_selection import GroupShuffleSplit, StratifiedShuffleSplit, ShuffleSplit
+
+        if groups is not None:
+            splitter = GroupShuffleSplit(n_splits=1, test_size=self.val_fraction, random_state=seed)
+            tr, va = next(splitter.split(np.zeros(n), y_idx, groups))
+        else:
+            counts = np.bincount(y_idx)
+            cls = StratifiedShuffleSplit if counts[counts > 0].min() >= 2 else ShuffleSplit
+            tr, va = next(cls(n_splits=1, test_size=self.val_fraction, random_state=seed).split(np.zeros(n), y_idx))
+        return tr, va
+
+    def fit(self, X, y, *, X_val=None, y_val=None, groups=None):
+        """Train the grid on ``X``/``y``, select on ``X_val``/``y_val``, refit on both; returns self."""
+        import torch
+
+        if self.balance not in BALANCE_MODES:
+            raise ProbeConfigError(f"balance must be one of {BALANCE_MODES}, got {self.balance!r}")
+        if self.scoring not in ("balanced_accuracy", "accuracy", "macro_f1"):
+            raise ProbeConfigError(f"scoring must be balanced_accuracy, accuracy or macro_f1, got {self.scoring!r}")
+        wds = list(default_weight_decays() if self.weight_decays is None else self.weight_decays)
+        lrs = list(self.lrs)
+        if not wds or not lrs or min(wds) < 0 or min(lrs) <= 0:
+            raise ProbeConfigError("weight_decays must be non-empty and >= 0, lrs non-empty and > 0")
+        X = np.asarray(X, dtype=np.float32)
+        self.classes_, y_idx = _encode_labels(y, self.classes)
+        n_classes = len(self.classes_)
+        seed = 0 if self.random_state is None else int(self.random_state)
+        if X_val is None:
+            if y_val is not None:
+                raise ProbeConfigError("give X_val together with y_val")
+            tr, va = self._holdout(X.shape[0], y_idx, groups, seed)
+            X_tr, y_tr, X_va, yv_idx = X[tr], y_idx[tr], X[va], y_idx[va]
+            self.validation_ = f"held out {self.val_fraction:.0%} of the fit rows" + (" by group" if groups is not None else "")
+        else:
+            X_tr, y_tr = X, y_idx
+            X_va = np.asarray(X_val, dtype=np.float32)
+            yv_idx = _encode_labels(y_val, self.classes_)[1]
+            self.validation_ = "given validation set"
+        if len(np.unique(y_tr)) < 2 or X_va.shape[0] == 0:
+            raise NotEnoughDataError("the sweep needs two classes in training and a non-empty validation set")
+        taus = [float(t) for t in self.taus] if self.balance == "logit-adjust" else [None]
+        self.device_ = str(_resolve_device(self.device))
+        log_prior = _log_prior(y_tr, n_classes).astype(np.float32)
+        cw = _class_weights(y_tr, n_classes) if self.balance == "weighted" else None
+        t0 = time.perf_counter()
+        members: list[tuple[float, float]] = []
+        Ws, bs, scores_rows = [], [], []
+        with _threads(self.n_threads), torch.no_grad():
+            feats = _Features(self.features)
+            Xt = feats.fit_transform(torch.from_numpy(X_tr).to(self.device_))
+            Xv = feats.transform(torch.from_numpy(X_va).to(self.device_))
+            yt = torch.from_numpy(y_tr).to(self.device_)
+
+            def train(new):
+                W, b, _ = _train_adamw(
+                    Xt, yt, n_classes=n_classes, lrs=[m[1] for m in new], wds=[m[0] for m in new],
+                    epochs=self.epochs, batch_size=self.batch_size, class_weight=cw, seed=seed,
+                )
+                logits = torch.einsum("nd,gdc->gnc", Xv, W) + b[:, None, :]
+                for gi, m in enumerate(new):
+                    z = logits[gi].cpu().numpy()
+                    best = None
+                    for tau in taus:
+                        zz = z if tau is None else z - tau * log_prior
+                        pred = zz.argmax(1)
+                        row = {
+                            "weight_decay": m[0], "lr": m[1], "tau": tau,
+                            "val_score": _score(self.scoring, yv_idx, pred),
+                            "val_accuracy": _score("accuracy", yv_idx, pred),
+                            "val_balanced_accuracy": _score("balanced_accuracy", yv_idx, pred),
+                        }
+                        if best is None or row["val_score"] > best["val_score"]:
+                            best = row
+                    scores_rows.append(best)
+                    Ws.append(W[gi].cpu().numpy())
+                    bs.append(b[gi].cpu().numpy())
+                members.extend(new)
+
+            train(list(product(wds, lrs)))
+            self.grid_extensions_ = []
+            for _ in range(self.max_extensions if self.extend_grid else 0):
+                best = self._best(scores_rows)
+                new = []
+                for key, values in (("weight_decay", wds), ("lr", lrs)):
+                    added = _extend(values, scores_rows[best][key], self.extend_steps)
+                    if added:
+                        edge = "high" if added[0] > max(values) else "low"
+                        self.grid_extensions_.append({"param": key, "edge": edge, "added": added})
+                        values.extend(added)
+                        values.sort()
+                        other = lrs if key == "weight_decay" else wds
+                        new += [(a, o) if key == "weight_decay" else (o, a) for a in added for o in other]
+                new = [m for m in dict.fromkeys(new) if m not in members]
+                if not new:
+                    break
+                train(new)
+        best = self._best(scores_rows)
+        self.edge_optimum_ = any(
+            _extend(vals, scores_rows[best][key], 1) for key, vals in (("weight_decay", wds), ("lr", lrs))
+        )
+        self.fit_time_ = time.perf_counter() - t0
+        self.coef_grid_ = np.stack(Ws)
+        self.intercept_grid_ = np.stack(bs)
+        self.members_ = members
+        order = np.argsort([-r["val_score"] for r in scores_rows], kind="stable")
+        rank = np.empty(len(order), dtype=int)
+        rank[order] = np.arange(1, len(order) + 1)
+        self.cv_results_ = {
+            "params": [{"weight_decay": r["weight_decay"], "lr": r["lr"], "tau": r["tau"]} for r in scores_rows],
+            "param_weight_decay": [r["weight_decay"] for r in scores_rows],
+            "param_lr": [r["lr"] for r in scores_rows],
+            "param_tau": [r["tau"] for r in scores_rows],
+            "val_score": [r["val_score"] for r in scores_rows],
+            "val_accuracy": [r["val_accuracy"] for r in scores_rows],
+            "val_balanced_accuracy": [r["val_balanced_accuracy"] for r in scores_rows],
+            "rank_val_score": rank.tolist(),
+        }
+        self.best_index_ = int(best)
+        self.best_params_ = dict(self.cv_results_["params"][best])
+        self.best_score_ = float(scores_rows[best]["val_score"])
+        self.n_features_in_ = X.shape[1]
+        if self.refit:
+            t1 = time.perf_counter()
+            self.best_estimator_ = self.make_probe().fit(
+                np.concatenate([X_tr, X_va]), self.classes_[np.concatenate([y_tr, yv_idx])]
+            )
+            self.refit_time_ = time.perf_counter() - t1
+        return self
+
+    @staticmethod
+    def _best(rows) -> int:
+        # Ties go to the stronger weight decay: the simpler model at equal validation score.
+        return max(range(len(rows)), key=lambda i: (rows[i]["val_score"], rows[i]["weight_decay"]))
+
+    def make_probe(self) -> LinearProbe:
+        """An unfitted :class:`LinearProbe` with the selected parameters."""
+        check_is_fitted(self, "best_params_")
+        p = self.best_params_
+        return LinearProbe(
+            "adamw", lr=p["lr"], weight_decay=p["weight_decay"], epochs=self.epochs,
+            batch_size=self.batch_size, features=self.features, balance=self.balance,
+            tau=1.0 if p["tau"] is None else p["tau"], classes=self.classes_, device=self.device,
+            n_threads=self.n_threads, random_state=self.random_state,
+        )
+
+    def _est(self) -> LinearProbe:
+        check_is_fitted(self, "best_estimator_")
+        return self.best_estimator_
+
+    def decision_function(self, X):
+        """Logits of the refit best head."""
+        return self._est().decision_function(X)
+
+    def predict_proba(self, X):
+        """Probabilities of the refit best head."""
+        return self._est().predict_proba(X)
+
+    def predict(self, X):
+        """Names predicted by the refit best head."""
+        return self._est().predict(X)
+
+
+def _extend(values, best, steps: int) -> list[float]:
+    """Values beyond the grid edge where ``best`` sits; [] when it is interior or the grid is 1 point."""
+    vals = sorted(set(values))
+    if len(vals) < 2 or steps < 1:
+        return []
+    if best == vals[-1]:
+        ratio = vals[-1] / vals[-2] if vals[-2] > 0 else 10.0
+        return [float(best * ratio**k) for k in range(1, steps + 1)]
+    if best == vals[0] and best > 0:  # zero is the natural floor of a weight decay
+        ratio = vals[1] / vals[0]
+        return [float(best / ratio**k) for k in range(1, steps + 1)]
+    return []

@@ -1,0 +1,230 @@
+"""FAISS k-nearest-neighbour classification on L2-normalised embeddings (the kNN sanity check).
+
+The protocol follows DINO / dinov2 ``eval/knn.py``: cosine similarity (inner product of
+L2-normalised vectors), **one** search for the largest k, then temperature-weighted votes
+``exp(sim / T)`` reported for every k in ``ks`` from that single search. k and T are recorded in
+every result (lightly once changed its default T silently and broke reproductions).
+
+The search runs on a faiss GPU index when faiss was built with GPUs and one is visible, on
+``IndexFlatIP`` on the CPU otherwise; which one actually ran is logged and returned.
+
+>>> probe = KNNProbe(ks=(10, 20), temperature=0.07).fit(X_train, names_train)   # doctest: +SKIP
+>>> scores = probe.decision_functions(X_test)        # {10: (n, C), 20: (n, C)}  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.exceptions import NotFittedError
+
+from probes.errors import ProbeConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KS = (10, 20, 100, 200)
+DEFAULT_TEMPERATURE = 0.07
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def l2_normalize(X: np.ndarray, *, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit L2 norm, as contiguous float32 (what faiss wants)."""
+    X = np.asarray(X, dtype=np.float32)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return np.ascontiguousarray(X / np.maximum(norms, eps), dtype=np.float32)
+
+
+def faiss_gpu_available() -> bool:
+    """True when this faiss build has GPU support and sees at least one GPU."""
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def resolve_search_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when a faiss GPU index can be built, else ``"cpu"``.
+
+    Asking for ``"cuda"`` without a GPU faiss is an error rather than a silent CPU fallback.
+    """
+    if device not in DEVICES:
+        raise ProbeConfigError(f"device must be one of {DEVICES}, got {device!r}")
+    gpu = faiss_gpu_available()
+    if device == "cuda" and not gpu:
+        from facestore.errors import DeviceError
+
+        raise DeviceError(
+            "device='cuda' was asked for the kNN search but this faiss build has no GPU support or sees "
+            "no GPU; install the 'gpu' extra (faiss-gpu-cu12) or pass device='cpu'"
+        )
+    if device == "auto":
+        return "cuda" if gpu else "cpu"
+    return device
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Top-k neighbours of each query: similarities (descending) and database row indices."""
+
+    similarities: np.ndarray  # (n_queries, k) float32
+    indices: np.ndarray  # (n_queries, k) int64
+    device: str  # where the search actually ran: "cpu" or "cuda"
+
+
+def knn_search(
+    database: np.ndarray,
+    queries: np.ndarray,
+    *,
+    k: int,
+    device: str = "auto",
+    exclude_self: bool = False,
+    normalize: bool = True,
+) -> SearchResult:
+    """Exact inner-product search of ``queries`` against ``database`` (cosine when normalised).
+
+    ``exclude_self=True`` is for a query set that *is* the database (row i of ``queries`` is row i
+    of ``database``): one extra neighbour is searched and the query's own row is dropped, by
+    index rather than by position so that duplicate vectors cannot hide it.
+    """
+    import faiss
+
+    if k < 1:
+        raise ProbeConfigError(f"k must be >= 1, got {k}")
+    db = l2_normalize(database) if normalize else np.ascontiguousarray(database, dtype=np.float32)
+    q = l2_normalize(queries) if normalize else np.ascontiguousarray(queries, dtype=np.float32)
+    if db.ndim != 2 or q.ndim != 2 or db.shape[1] != q.shape[1]:
+        raise ProbeConfigError(f"database {db.shape} and queries {q.shape} must be 2-D with the same width")
+    if exclude_self and len(db) != len(q):
+        raise ProbeConfigError(
+            f"exclude_self=True needs the query set to be the database (same rows); got {len(q)} queries "
+            f"for {len(db)} database rows"
+        )
+    n_avail = len(db) - (1 if exclude_self else 0)
+    if k > n_avail:
+        raise ProbeConfigError(f"k={k} exceeds the {n_avail} database rows available to each query; lower k")
+    resolved = resolve_search_device(device)
+    index = faiss.IndexFlatIP(db.shape[1])
+    if resolved == "cuda":
+        resources = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(resources, 0, index)
+    index.add(db)
+    k_search = k + 1 if exclude_self else k
+    sims, idx = index.search(q, k_search)
+    log.info("kNN search: %d queries x %d database rows, k=%d, faiss %s index", len(q), len(db), k,
+             "GPU" if resolved == "cuda" else "CPU IndexFlatIP")
+    if exclude_self:
+        own = idx == np.arange(len(q))[:, None]
+        # Rows where the query is not among its own k+1 neighbours (ties with duplicates): drop the last.
+        own[~own.any(axis=1), -1] = True
+        keep = ~own
+        sims = sims[keep].reshape(len(q), k)
+        idx = idx[keep].reshape(len(q), k)
+    return SearchResult(similarities=sims.astype(np.float32), indices=idx.astype(np.int64), device=resolved)
+
+
+def weighted_votes(
+    neighbor_labels: np.ndarray,
+    similarities: np.ndarray,
+    *,
+    n_classes: int,
+    k: int,
+    temperature: float = DEFAULT_TEMPERATURE,
+) -> np.ndarray:
+    """Class scores from the first ``k`` neighbours: sum of ``exp(sim / T)`` per class, normalised.
+
+    Rows sum to one, so they can be read as probabilities over the classes.
+    """
+    if temperature <= 0:
+        raise ProbeConfigError(f"temperature must be > 0, got {temperature}")
+    labels = neighbor_labels[:, :k]
+    # Subtracting the row's top similarity leaves the normalised votes unchanged and avoids overflow.
+    sims = similarities[:, :k].astype(np.float64)
+    w = np.exp((sims - sims[:, :1]) / temperature)
+    scores = np.zeros((len(labels), n_classes), dtype=np.float64)
+    np.add.at(scores, (np.repeat(np.arange(len(labels)), labels.shape[1]), labels.ravel()), w.ravel())
+    scores /= scores.sum(axis=1, keepdims=True)
+    return scores
+
+
+class KNNProbe:
+    """Weighted kNN classifier, scikit-learn style, that reports several k from one search.
+
+    Parameters
+    ----------
+    ks : the k values reported; the search fetches ``max(ks)`` neighbours once.
+    k : the k that ``predict`` / ``predict_proba`` use (default 20, usually the best in DINO).
+    temperature : T of the ``exp(sim / T)`` vote weights.
+    device : ``"auto"``, ``"cpu"`` or ``"cuda"`` for the faiss index.
+    """
+
+    def __init__(self, ks=DEFAULT_KS, *, k: int = 20, temperature: float = DEFAULT_TEMPERATURE,
+                 device: str = "auto") -> None:
+        self.ks = ks
+        self.k = k
+        self.temperature = temperature
+        self.device = device
+
+    def fit(self, X, y) -> KNNProbe:
+        """Store the L2-normalised training vectors and their labels (names or ints)."""
+        ks = tuple(int(k) for k in self.ks)
+        if not ks or min(ks) < 1:
+            raise ProbeConfigError(f"ks must be positive integers, got {self.ks!r}")
+        if self.k not in ks:
+            raise ProbeConfigError(f"k={self.k} must be one of ks={ks}")
+        X = np.asarray(X)
+        y = np.asarray(y)
+        if len(X) != len(y):
+            raise ProbeConfigError(f"X has {len(X)} rows but y has {len(y)} labels")
+        self.ks_ = tuple(sorted(set(ks)))
+        self.classes_, self.y_index_ = np.unique(y, return_inverse=True)
+        self.X_ = l2_normalize(X)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "X_"):
+            raise NotFittedError("this KNNProbe is not fitted yet; call fit(X, y) first")
+
+    def search(self, X, *, exclude_self: bool = False) -> SearchResult:
+        """One search for ``max(ks_)`` neighbours (capped at the training set size)."""
+        self._check_fitted()
+        k_max = min(max(self.ks_), len(self.X_) - (1 if exclude_self else 0))
+        result = knn_search(self.X_, X, k=k_max, device=self.device, exclude_self=exclude_self)
+        self.search_device_ = result.device
+        return result
+
+    def decision_functions(self, X, *, exclude_self: bool = False) -> dict[int, np.ndarray]:
+        """``{k: (n, n_classes) vote shares}`` for every k in ``ks_``, all from one search.
+
+        ``exclude_self=True`` when ``X`` is the training set itself (leave-one-out).
+        """
+        result = self.search(X, exclude_self=exclude_self)
+        labels = self.y_index_[result.indices]
+        return {
+            k: weighted_votes(labels, result.similarities, n_classes=len(self.classes_),
+                              k=min(k, labels.shape[1]), temperature=self.temperature)
+            for k in self.ks_
+        }
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Vote shares at ``k`` (columns follow ``classes_``)."""
+        return self.decision_functions(X)[self.k]
+
+    def decision_function(self, X) -> np.ndarray:
+        return self.predict_proba(X)
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted labels (names) at ``k``."""
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    def score(self, X, y) -> float:
+        """Top-1 accuracy at ``k``."""
+        return float(np.mean(self.predict(X) == np.asarray(y)))
+
+    def params(self) -> dict:
+        """k values and T: recorded in every result."""
+        return {"ks": list(self.ks_ if hasattr(self, "ks_") else self.ks), "k": self.k,
+                "temperature": self.temperature, "device": self.device,
+                "search_device": getattr(self, "search_device_", None), "metric": "cosine (IndexFlatIP on L2-normalised)"}

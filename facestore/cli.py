@@ -1,0 +1,286 @@
+"""The ``facestore`` command line: a thin click layer, one library function per command.
+
+Heavy libraries (torch, transformers, zarr) are imported inside the commands, so that
+``facestore --help`` is instant. Errors of :mod:`facestore.errors` print as one line
+(``Error: ...``) with exit code 1 (2 when the command was given something it cannot use:
+an unknown model, an unusable dataset or option), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from facestore.errors import BuildError, DatasetError, FacestoreError, ModelNotFoundError
+
+#: Errors that mean "the command was given something it cannot use": exit code 2, like click's usage errors.
+_USAGE_ERRORS = (ModelNotFoundError, DatasetError)
+
+
+class _Group(click.Group):
+    """A click group that turns facestore errors into a one-line message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FacestoreError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(2 if isinstance(e, _USAGE_ERRORS) else 1)
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False, default=_jsonable)
+
+
+def _jsonable(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="facestore", prog_name="facestore")
+def main() -> None:
+    """Extract frozen-encoder embeddings once per model into a Zarr store, and inspect it."""
+
+
+# --------------------------------------------------------------------------- build
+
+
+def _parse_weights(values: tuple[str, ...], models: tuple[str, ...]) -> Any:
+    """``--weights DIR`` (one model) or ``--weights NAME=DIR`` (any number)."""
+    if not values:
+        return None
+    mapping: dict[str, str] = {}
+    plain: list[str] = []
+    for v in values:
+        name, sep, path = v.partition("=")
+        if sep and name in models:
+            if name in mapping:
+                raise click.UsageError(f"--weights given twice for {name}")
+            mapping[name] = path
+        else:
+            plain.append(v)
+    if plain and (mapping or len(plain) > 1):
+        raise click.UsageError(
+            f"--weights {plain[0]!r}: with several --weights, give each as NAME=DIR where NAME is one of the "
+            f"--model names ({', '.join(models)})"
+        )
+    return plain[0] if plain else mapping
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True), help="image folder ROOT/<name>/... or manifest CSV")
+@click.option("--store", "store_path", required=True, type=click.Path(), help="store directory (created if absent)")
+@click.option("--model", "models", required=True, multiple=True, help="registry name; repeat for several models (one decode)")
+@click.option("--weights", multiple=True, help="local weights: DIR (one model) or NAME=DIR (repeatable)")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda|cuda:N")
+@click.option("--workers", default=None, type=click.IntRange(min=0), help="decode processes [default: cores - 1, max 8]")
+@click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]))
+@click.option("--chunk-rows", default=8192, show_default=True, type=click.IntRange(min=1))
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
+@click.option("--arcface-align", type=click.Choice(["detect", "center"]), default=None,
+              help="ArcFace: detect landmarks and align (default), or crop the chip's centre")
+@click.option("--no-face", type=click.Choice(["record", "center"]), default=None,
+              help="ArcFace, chips without a detected face: record as no_face (default) or use the centre crop")
+@click.option("--strict", is_flag=True, help="exit non-zero if any image failed (after recording it)")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+@click.option("--json", "as_json", is_flag=True, help="print the build report as JSON")
+def build(data, store_path, models, weights, batch_size, device, workers, dtype, chunk_rows, precision,
+          arcface_align, no_face, strict, no_progress, as_json) -> None:
+    """Extract embeddings of every image for each --model; resumable, appends new images.
+
+    Under torchrun (`torchrun --nproc-per-node N -m facestore build ...`) each rank takes whole chunks.
+    """
+    from facestore.build import build_store
+    from facestore.distributed import context_from_env
+
+    _setup_logging(verbose=True)
+    options = {k: v for k, v in (("arcface_align", arcface_align), ("no_face", no_face)) if v is not None}
+    report = build_store(
+        data, store_path, list(models), weights=_parse_weights(weights, models), batch_size=batch_size,
+        device=device, workers=workers, dtype=dtype, chunk_rows=chunk_rows, precision=precision,
+        strict=strict, options=options, progress=not no_progress,
+    )
+    ctx = context_from_env()
+    if ctx is None or ctx.is_main:
+        click.echo(_json(report.to_dict()) if as_json else report.summary())
+
+
+# --------------------------------------------------------------------------- models
+
+
+@main.command()
+@click.argument("pattern", default="*")
+@click.option("--json", "as_json", is_flag=True)
+def models(pattern: str, as_json: bool) -> None:
+    """List registry models matching PATTERN (shell wildcard): dims, views, source, licence."""
+    from facestore.models import get_spec, list_models
+
+    names = list_models(pattern)
+    if not names:
+        raise ModelNotFoundError(f"no model matches {pattern!r}; available: {', '.join(list_models())}")
+    specs = [get_spec(n) for n in names]
+    if as_json:
+        click.echo(_json([s.to_dict() | {"description": s.description} for s in specs]))
+        return
+    for s in specs:
+        views = ", ".join(f"{v.name} {v.dim}" for v in s.views)
+        flags = " [text]" if s.text else ""
+        click.echo(f"{s.name:<18} {s.family:<10} views: {views}{flags}")
+        click.echo(f"{'':<18} source: {s.source}; licence: {s.licence}")
+    if any(s.family == "arcface" for s in specs):
+        click.echo("\nNote: insightface's pretrained models (arcface-r50) are licensed for non-commercial research "
+                   "use only.")
+
+
+# --------------------------------------------------------------------------- store inspection
+
+
+@main.command()
+@click.argument("store_path", metavar="STORE", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+def info(store_path: str, as_json: bool) -> None:
+    """Describe a store: images, names, models with their status counts."""
+    from facestore.store.store import open_store
+
+    data = open_store(store_path, mode="r").info()
+    if as_json:
+        click.echo(_json(data))
+        return
+    click.echo(f"store {data['path']}: {data['n_images']} images, {data['n_names']} names"
+               + (f", {data['n_identities']} identities" if data["n_identities"] is not None else "")
+               + f" (images per name {data['images_per_name']['min']}-{data['images_per_name']['max']})")
+    attrs = data["attrs"]
+    click.echo(f"format {attrs.get('encoding-type')} {attrs.get('encoding-version')}; data root {attrs.get('data_root')}")
+    for m, s in data["models"].items():
+        status = ", ".join(f"{k} {v}" for k, v in s["status"].items())
+        views = ", ".join(f"{v} {d}" for v, d in s["views"].items())
+        state = "complete" if s["complete"] else "INCOMPLETE (resume with the same build command)"
+        click.echo(f"  {m} [{s['kind']}]: {views}; {s['dtype']}; {status}; {state}")
+        if s["text_template_sets"]:
+            click.echo(f"    text embeddings: {', '.join(s['text_template_sets'])}")
+    if data["splits"]:
+        click.echo(f"splits: {', '.join(data['splits'])}")
+    if data["identity_sources"]:
+        click.echo(f"identity sources: {', '.join(data['identity_sources'])}")
+
+
+@main.command()
+@click.argument("store_path", metavar="STORE", type=click.Path())
+@click.option("--data", type=click.Path(), default=None, help="dataset to check fingerprints against [default: the build's]")
+def verify(store_path: str, data: str | None) -> None:
+    """Check a store; exits non-zero and lists the problems if any."""
+    from facestore.store.verify import verify_store
+
+    problems = verify_store(store_path, data=data)
+    if problems:
+        for p in problems:
+            click.echo(f"  {p}", err=True)
+        raise BuildError(f"{len(problems)} problem(s) found in {store_path} (listed above)")
+    click.echo(f"{store_path}: OK")
+
+
+@main.command("import")
+@click.argument("store_path", metavar="STORE", type=click.Path())
+@click.option("--model", required=True, help="model group name to create (e.g. arcface-phase3)")
+@click.option("--embeddings", required=True, type=click.Path(exists=True, dir_okay=False), help="(N, D) .npy")
+@click.option("--ids", "ids_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="image IDs: .npy of strings or a text file, one per line, in the rows' order")
+@click.option("--view", default="embedding", show_default=True)
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float16", "float32"]))
+@click.option("--allow-missing", is_flag=True, help="record store images without a vector as not_imported")
+def import_(store_path, model, embeddings, ids_path, view, dtype, allow_missing) -> None:
+    """Store embeddings computed elsewhere, keyed by image ID."""
+    import numpy as np
+
+    from facestore.store.store import open_store
+    from facestore.store.transfer import import_embeddings, read_ids
+
+    try:
+        summary = import_embeddings(open_store(store_path, mode="a"), model,
+                                    embeddings=np.load(embeddings, allow_pickle=False), ids=read_ids(ids_path),
+                                    view=view, dtype=dtype, allow_missing=allow_missing, source=str(embeddings))
+    except (ValueError, KeyError) as e:
+        if isinstance(e, FacestoreError):
+            raise
+        raise click.UsageError(str(e.args[0] if e.args else e)) from None
+    click.echo(f"imported {summary['imported']} vectors into {model}/{summary['view']} "
+               f"({summary['not_imported']} store images without a vector)")
+
+
+@main.command("export")
+@click.argument("store_path", metavar="STORE", type=click.Path())
+@click.option("--model", required=True)
+@click.option("--view", default=None, help="[default: the model's default view]")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+def export(store_path, model, view, out) -> None:
+    """Write embeddings.npy, image_ids.npy, labels.npy, names.json, spec.json (ok rows)."""
+    from facestore.store.store import open_store
+    from facestore.store.transfer import export_embeddings
+
+    try:
+        summary = export_embeddings(open_store(store_path, mode="r"), model, out=out, view=view)
+    except KeyError as e:
+        raise click.UsageError(str(e.args[0] if e.args else e)) from None
+    click.echo(f"exported {summary['rows']} x {summary['dim']} ({model}/{summary['view']}) to {summary['out']}")
+
+
+# --------------------------------------------------------------------------- text, doctor, demo
+
+
+@main.command()
+@click.argument("store_path", metavar="STORE", type=click.Path())
+@click.option("--model", required=True, help="a model with a text tower (clip-vit-b-32, siglip-base)")
+@click.option("--templates", "templates_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="one template per line with {} for the name [default: the plan's five]")
+@click.option("--template-set", default=None, help="name to store them under [default: plan, or the file's stem]")
+@click.option("--weights", type=click.Path(exists=True), default=None, help="local weights directory")
+@click.option("--device", default="auto", show_default=True)
+def text(store_path, model, templates_file, template_set, weights, device) -> None:
+    """Store name x template text embeddings for zero-shot probes."""
+    from pathlib import Path
+
+    from facestore.text import build_text_embeddings, read_templates
+
+    templates = read_templates(templates_file) if templates_file else None
+    if template_set is None:
+        template_set = Path(templates_file).stem if templates_file else "plan"
+    report = build_text_embeddings(store_path, model, templates=templates, template_set=template_set,
+                                   weights=weights, device=device)
+    click.echo(report.summary())
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def doctor(as_json: bool) -> None:
+    """Report versions, devices, bf16 support, onnxruntime providers, faiss GPUs, HF cache (for bug reports)."""
+    from facestore.doctor import doctor_report, format_report
+
+    report = doctor_report()
+    click.echo(_json(report) if as_json else format_report(report))
+
+
+@main.command()
+@click.argument("directory", default="facestore-demo", type=click.Path(file_okay=False))
+def demo(directory: str) -> None:
+    """Make a synthetic face-chip dataset in DIRECTORY, build a store and run the Track 3 probes on it."""
+    from facestore.demo import run_demo
+
+    _setup_logging(verbose=True)
+    result = run_demo(directory)
+    click.echo(f"demo finished: {result}")

@@ -66,7 +66,8 @@ def decode_bytes(data: bytes, *, name: str = "<bytes>", max_pixels: int = MAX_PI
         raise ImageDecodeError("decompression_bomb", f"{name}: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
         msg = str(e)
-        reason = "truncated" if ("truncated" in msg or "premature end" in msg.lower()) else "decode_error"
+        low = msg.lower()
+        reason = "truncated" if ("truncated" in low or "premature end" in low) else "decode_error"
         raise ImageDecodeError(reason, f"{name}: {msg}") from None
     try:
         img = ImageOps.exif_transpose(img)

@@ -289,12 +289,55 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _open_or_create(store: Any, *, create: bool) -> Any:
-    from facestore.store.store import Store, open_store
+def _open_or_create(store: Any, *, create: bool, wait_s: float = 60.0) -> Any:
+    """Open the store for writing; with ``create``, create it when absent.
+
+    Two builds started together on a new store (two models at once) race to create it. The
+    directory is claimed with an atomic ``mkdir``: the winner creates the store, the others poll
+    until its root metadata appears and open it.
+    """
+    from facestore.store.store import Store, create_store, open_store
 
     if isinstance(store, Store):
         return store
-    return open_store(store, mode="a", create=create)
+    path = Path(store)
+    if create and not (path / "zarr.json").exists():
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            if not _poll(lambda: (path / "zarr.json").exists(), timeout_s=wait_s):
+                if any(path.iterdir()):
+                    raise BuildError(f"{path} exists, is not empty and is not a facestore store; "
+                                     "pass a new directory or an existing store to --store") from None
+        else:
+            return create_store(path)
+    return open_store(path, mode="a")
+
+
+def _poll(condition: Callable[[], bool], *, timeout_s: float, interval_s: float = 0.05) -> bool:
+    """Poll ``condition`` until it holds or ``timeout_s`` passes; returns whether it held."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval_s)
+    return True
+
+
+def _sync_index(st: Any, dataset: Any, *, wait_s: float = 3600.0) -> Any:
+    """``st.sync_index`` that waits while another build holds the index lock (builds started together)."""
+    from facestore.errors import StoreLockedError
+    from facestore.store import layout
+
+    lock_file = st.path / layout.LOCKS / "index.lock"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return st.sync_index(dataset)
+        except StoreLockedError:
+            # Another build is writing the index; once it is done this one finds it up to date.
+            if not _poll(lambda: not lock_file.exists(), timeout_s=max(0.0, deadline - time.monotonic())):
+                raise
 
 
 def _plan_model(run: _ModelRun, store: Any, chunk_owned: Callable[[int], bool]) -> None:
@@ -488,8 +531,7 @@ def _build(data, store, names, *, weight_paths, model_options, batch_size, devic
             setup_error: BaseException | None = None
             try:
                 st = _open_or_create(store, create=True)
-                n_before = st.n if _has_index(st) else 0
-                st.sync_index(dataset)
+                rows_added = int(_sync_index(st, dataset).added)
                 for m in names:
                     # One writer per model group: a second build of the same model fails here.
                     locks.append(stack.enter_context(st.lock(m, owner=f"facestore build (pid {os.getpid()})")))
@@ -510,11 +552,10 @@ def _build(data, store, names, *, weight_paths, model_options, batch_size, devic
             if message:
                 raise BuildError(f"rank 0 could not set up the build: {message}")
             st = _open_or_create(store, create=False)
-            n_before = st.n
+            rows_added = 0
             for m in names:
                 runs.append(_load_run(m, st, load_encoder, Encoder, weight_paths[m], device, precision,
                                       model_options[m], dtype, chunk_rows))
-        rows_added = st.n - n_before if is_main else 0
 
         # The index row -> the file on disk (the store keeps paths relative to the dataset root).
         paths = _row_paths(st, dataset)
@@ -586,13 +627,6 @@ def _build(data, store, names, *, weight_paths, model_options, batch_size, devic
         raise BuildError(f"--strict: the build recorded failures ({fails}). They are stored with their reasons "
                          "(`facestore info STORE`); fix or remove those images, or build without --strict")
     return report
-
-
-def _has_index(st: Any) -> bool:
-    try:
-        return st.n > 0
-    except FacestoreError:
-        return False
 
 
 def _row_paths(st: Any, dataset: Any) -> list[str]:

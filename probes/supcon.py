@@ -1,0 +1,443 @@
+"""Supervised contrastive learning (Khosla et al. 2020), experiment 3.4.
+
+Three pieces:
+
+- :class:`SupConLoss`, the paper's ``L_out``: features L2-normalised, logits ``z z^T / T`` with
+  the row max subtracted (numerical stability), the anchor itself excluded from the denominator,
+  the mean log-probability over positives taken outside the log, scaled by ``T / base_T``.
+  Anchors without any positive in the batch are dropped from the mean (naive code returns NaN
+  there: HobbitLong/SupContrast #141); pytorch-metric-learning does the same.
+- :class:`MPerClassSampler`: with 500 names and random batches most anchors have no positive,
+  so every batch holds ``m`` images of each of ``batch_size / m`` names.
+- :class:`SupConHead`: a projection MLP (D -> 2048 -> 128 as in the plan) trained with the loss on
+  frozen store features; ``transform`` gives the learned representation on which a linear probe
+  is then fitted (:func:`run_supcon_head`) with the same split and metrics as every probe.
+
+Encoder training from images (the plan's timm ResNet-50 + projector) is
+:func:`train_supcon_encoder`: train split only, saved as a checkpoint that
+``facestore build --model supcon-resnet50 --weights CKPT`` embeds like any other encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from sklearn.exceptions import NotFittedError
+
+from probes.errors import ProbeConfigError
+
+log = logging.getLogger(__name__)
+
+BASE_TEMPERATURE = 0.07
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def resolve_torch_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; ``"cuda"`` without one is an error."""
+    torch = _torch()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from facestore.errors import DeviceError
+
+        raise DeviceError(f"device={device!r} was asked for but torch sees no CUDA device; pass device='cpu'")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ProbeConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    return device
+
+
+def supcon_loss(features, labels, *, temperature: float = 0.07, base_temperature: float = BASE_TEMPERATURE):
+    """Functional form of :class:`SupConLoss` (``features`` (B, D) are L2-normalised here).
+
+    Returns a scalar tensor. When no anchor in the batch has a positive the loss is a zero that
+    still carries the graph (so ``backward`` works) rather than NaN.
+    """
+    torch = _torch()
+    if features.ndim != 2:
+        raise ProbeConfigError(f"features must be (batch, dim), got shape {tuple(features.shape)}")
+    if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
+        raise ProbeConfigError(f"labels must be (batch,) matching features {tuple(features.shape)}, got {tuple(labels.shape)}")
+    if temperature <= 0:
+        raise ProbeConfigError(f"temperature must be > 0, got {temperature}")
+    z = torch.nn.functional.normalize(features, dim=1)
+    logits = z @ z.T / temperature
+    # Max subtraction changes nothing mathematically (it cancels in the log-softmax) but keeps exp finite.
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+    b = z.shape[0]
+    self_mask = torch.eye(b, dtype=torch.bool, device=z.device)
+    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    # Denominator over every other sample (self excluded): set the diagonal to -inf before logsumexp.
+    log_denominator = torch.logsumexp(logits.masked_fill(self_mask, float("-inf")), dim=1, keepdim=True)
+    log_prob = logits - log_denominator
+    n_pos = positives.sum(dim=1)
+    has_pos = n_pos > 0
+    if not bool(has_pos.any()):
+        return (features * 0.0).sum()
+    mean_log_prob_pos = (log_prob.masked_fill(~positives, 0.0)).sum(dim=1)[has_pos] / n_pos[has_pos]
+    return -(temperature / base_temperature) * mean_log_prob_pos.mean()
+
+
+def _module_base():
+    return _torch().nn.Module
+
+
+class SupConLoss(_module_base()):
+    """Supervised contrastive loss ``L_out`` (Khosla et al. 2020), as an ``nn.Module``.
+
+    ``forward(features (B, D), labels (B,)) -> scalar``. Features need not be normalised: the
+    loss L2-normalises them. Anchors with no positive are excluded from the mean.
+    """
+
+    def __init__(self, temperature: float = 0.07, *, base_temperature: float = BASE_TEMPERATURE) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.base_temperature = base_temperature
+
+    def forward(self, features, labels):
+        return supcon_loss(features, labels, temperature=self.temperature, base_temperature=self.base_temperature)
+
+
+class MPerClassSampler:
+    """Batch sampler: every batch holds ``m`` samples of each of ``batch_size // m`` classes.
+
+    So every anchor has ``m - 1`` positives. Classes are visited in a fresh random order each
+    epoch; a class with fewer than ``m`` samples is drawn with replacement, and classes with a
+    single sample are left out (they cannot give a positive) and counted in ``n_singletons``.
+    ``len(sampler)`` batches make one epoch of about ``len(labels)`` samples.
+
+    Iterating yields lists of row indices (use as a DataLoader ``batch_sampler`` or directly).
+    """
+
+    def __init__(self, labels, *, m: int = 4, batch_size: int = 512, seed: int = 0) -> None:
+        labels = np.asarray(labels)
+        if m < 2:
+            raise ProbeConfigError(f"m must be >= 2 so that every anchor has a positive, got {m}")
+        if batch_size < 2 * m or batch_size % m:
+            raise ProbeConfigError(f"batch_size must be a multiple of m={m} holding at least two classes, got {batch_size}")
+        self.m = m
+        self.batch_size = batch_size
+        self.seed = seed
+        classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        order = np.argsort(inverse, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self._members = [order[s:s + c] for s, c in zip(starts, counts) if c >= 2]
+        self.n_singletons = int(np.sum(counts < 2))
+        self.classes_per_batch = batch_size // m
+        if len(self._members) < self.classes_per_batch:
+            raise ProbeConfigError(
+                f"batch_size={batch_size} with m={m} needs {self.classes_per_batch} classes with >= 2 samples, "
+                f"but only {len(self._members)} exist; lower batch_size or m"
+            )
+        n_used = int(sum(len(x) for x in self._members))
+        self._n_batches = max(1, n_used // batch_size)
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        return self._n_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self._epoch])
+        self._epoch += 1
+        n_classes = len(self._members)
+        class_order = np.array([], dtype=np.int64)
+        for _ in range(self._n_batches):
+            if len(class_order) < self.classes_per_batch:
+                class_order = np.concatenate([class_order, rng.permutation(n_classes)])
+            chosen, class_order = class_order[: self.classes_per_batch], class_order[self.classes_per_batch:]
+            # A class may appear twice when a fresh permutation was appended; that only adds positives.
+            batch = []
+            for c in chosen:
+                members = self._members[c]
+                batch.extend(rng.choice(members, size=self.m, replace=len(members) < self.m).tolist())
+            yield batch
+
+
+def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int):
+    """The plan's projector: Linear(in, hidden) -> ReLU -> Linear(hidden, out)."""
+    nn = _torch().nn
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+
+
+@dataclass(frozen=True)
+class SupConHeadConfig:
+    """Hyperparameters of :class:`SupConHead` (recorded in config.json)."""
+
+    hidden_dim: int = 2048
+    out_dim: int = 128
+    temperature: float = 0.07
+    m_per_class: int = 4
+    batch_size: int = 512
+    epochs: int = 20
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    representation: str = "projection"
+    normalize_input: bool = True
+    seed: int = 0
+
+
+class SupConHead:
+    """Projection MLP trained with :class:`SupConLoss` on frozen features (sklearn-style transformer).
+
+    ``fit(X, y)`` trains the MLP with m-per-class batches; ``transform(X)`` returns the learned
+    representation: ``representation="projection"`` (the ``out_dim`` space the loss shaped,
+    L2-normalised) or ``"hidden"`` (the ReLU layer before it, the analogue of the encoder output
+    in the paper's recipe). Input rows are L2-normalised first when ``normalize_input``.
+    """
+
+    def __init__(self, hidden_dim: int = 2048, *, out_dim: int = 128, temperature: float = 0.07,
+                 m_per_class: int = 4, batch_size: int = 512, epochs: int = 20, lr: float = 1e-3,
+                 weight_decay: float = 1e-4, representation: str = "projection", normalize_input: bool = True,
+                 device: str = "auto", random_state: int = 0) -> None:
+        self.hidden_dim = hidden_dim
+        self.out_dim = out_dim
+        self.temperature = temperature
+        self.m_per_class = m_per_class
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.representation = representation
+        self.normalize_input = normalize_input
+        self.device = device
+        self.random_state = random_state
+
+    def config(self) -> SupConHeadConfig:
+        return SupConHeadConfig(hidden_dim=self.hidden_dim, out_dim=self.out_dim, temperature=self.temperature,
+                                m_per_class=self.m_per_class, batch_size=self.batch_size, epochs=self.epochs,
+                                lr=self.lr, weight_decay=self.weight_decay, representation=self.representation,
+                                normalize_input=self.normalize_input, seed=self.random_state)
+
+    def _prepare(self, X) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if self.normalize_input:
+            X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        return X
+
+    def fit(self, X, y) -> SupConHead:
+        """Train the projector on ``X`` (n, D) with labels ``y`` (names or ints)."""
+        torch = _torch()
+        if self.representation not in ("projection", "hidden"):
+            raise ProbeConfigError(f"representation must be 'projection' or 'hidden', got {self.representation!r}")
+        if self.epochs < 1:
+            raise ProbeConfigError(f"epochs must be >= 1, got {self.epochs}")
+        X = self._prepare(X)
+        y = np.asarray(y)
+        if len(X) != len(y):
+            raise ProbeConfigError(f"X has {len(X)} rows but y has {len(y)} labels")
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        device = resolve_torch_device(self.device)
+        self.device_ = device
+        torch.manual_seed(self.random_state)
+        model = projection_mlp(X.shape[1], self.hidden_dim, self.out_dim).to(device)
+        loss_fn = SupConLoss(self.temperature)
+        sampler = MPerClassSampler(y_idx, m=self.m_per_class, batch_size=min(self.batch_size, _fit_batch(y_idx, self.m_per_class, self.batch_size)),
+                                   seed=self.random_state)
+        opt = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        total_steps = self.epochs * len(sampler)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+        Xt = torch.from_numpy(X).to(device)
+        yt = torch.from_numpy(y_idx.astype(np.int64)).to(device)
+        history = []
+        t0 = time.perf_counter()
+        n_seen = 0
+        model.train()
+        for epoch in range(self.epochs):
+            losses = []
+            for batch in sampler:
+                idx = torch.as_tensor(batch, device=device)
+                loss = loss_fn(model(Xt[idx]), yt[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+                n_seen += len(batch)
+            history.append(float(np.mean(losses)))
+            log.info("SupCon head epoch %d/%d: loss %.4f", epoch + 1, self.epochs, history[-1])
+        self.train_seconds_ = time.perf_counter() - t0
+        self.samples_per_second_ = n_seen / max(self.train_seconds_, 1e-9)
+        model.eval()
+        self.model_ = model
+        self.loss_history_ = history
+        self.n_singletons_ = sampler.n_singletons
+        self.batch_size_ = sampler.batch_size
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def transform(self, X, *, batch_size: int = 8192) -> np.ndarray:
+        """The learned representation of ``X`` (float32)."""
+        torch = _torch()
+        if not hasattr(self, "model_"):
+            raise NotFittedError("this SupConHead is not fitted yet; call fit(X, y) first")
+        X = self._prepare(X)
+        if X.shape[1] != self.n_features_in_:
+            raise ProbeConfigError(f"X has {X.shape[1]} features, the head was fitted on {self.n_features_in_}")
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(X), batch_size):
+                xb = torch.from_numpy(X[s:s + batch_size]).to(self.device_)
+                if self.representation == "hidden":
+                    h = self.model_[1](self.model_[0](xb))
+                else:
+                    h = torch.nn.functional.normalize(self.model_(xb), dim=1)
+                out.append(h.float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self._out_width()), np.float32)
+
+    def _out_width(self) -> int:
+        return self.hidden_dim if self.representation == "hidden" else self.out_dim
+
+    def fit_transform(self, X, y) -> np.ndarray:
+        return self.fit(X, y).transform(X)
+
+
+def _fit_batch(y_idx: np.ndarray, m: int, batch_size: int) -> int:
+    """Largest batch (multiple of m) the data can fill with distinct classes: small tasks get smaller batches."""
+    counts = np.bincount(y_idx)
+    usable = int(np.sum(counts >= 2))
+    if usable < 2:
+        raise ProbeConfigError("SupCon needs at least two classes with two or more samples each")
+    return max(2 * m, min(batch_size, usable * m) // m * m)
+
+
+class _ImageRows:
+    """torch Dataset over store rows: decode once per access, preprocess like the model will at build time."""
+
+    def __init__(self, paths: list[str], labels: np.ndarray, preprocessor, *, flip: bool) -> None:
+        self.paths = paths
+        self.labels = labels
+        self.preprocessor = preprocessor
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        torch = _torch()
+        from facestore.images import decode_image
+
+        x = self.preprocessor(decode_image(self.paths[i]))
+        # Horizontal flip is the one augmentation that cannot change who is pictured; seeded by the loader.
+        if self.flip and torch.rand(()) < 0.5:
+            x = torch.flip(x, dims=(-1,))
+        return x, int(self.labels[i])
+
+
+@dataclass(frozen=True)
+class EncoderTrainingConfig:
+    """Hyperparameters of :func:`train_supcon_encoder` (stored in the checkpoint's ``extra``)."""
+
+    timm_model: str = "resnet50"
+    pretrained: bool = True
+    proj_layers: tuple[int, ...] = (2048, 128)
+    temperature: float = 0.07
+    m_per_class: int = 4
+    batch_size: int = 256
+    epochs: int = 10
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    flip: bool = True
+    max_images: int | None = None
+    seed: int = 0
+
+
+def train_supcon_encoder(store, *, split: str, out_dir: str | Path, config: EncoderTrainingConfig = EncoderTrainingConfig(),
+                         names=None, preprocessing=None, data_root: str | Path | None = None,
+                         pretrained_file: str | Path | None = None, device: str = "auto", num_workers: int = 0,
+                         progress: bool = False) -> Path:
+    """Train a timm encoder + projector with :class:`SupConLoss` on the **train** rows of ``split``.
+
+    Images are read from the store index paths (under ``data_root``, default the store's),
+    decoded with :func:`facestore.images.decode_image` and preprocessed with ``preprocessing``
+    (default: the registry's ``supcon-resnet50`` preprocessing), so training sees what
+    ``facestore build --model supcon-resnet50 --weights CKPT`` will feed the encoder. Validation
+    and test rows are never read. ``names`` restricts training to those names.
+
+    Saves through :func:`facestore.models.timm_family.save_supcon_checkpoint` and returns the
+    checkpoint directory.
+    """
+    torch = _torch()
+    import timm
+
+    from facestore.models.preprocess import ImagePreprocessor
+    from facestore.models.registry import get_spec
+    from facestore.models.timm_family import build_projector, save_supcon_checkpoint
+
+    assignment, split_attrs = store.load_split(split)
+    rows = np.flatnonzero(assignment == 0)
+    labels_all = np.asarray(store.index.labels)
+    if names is not None:
+        wanted = {str(n) for n in names}
+        unknown = wanted - set(store.index.names)
+        if unknown:
+            raise ProbeConfigError(f"names not in the store: {sorted(unknown)[:10]}")
+        keep_label = np.array([n in wanted for n in store.index.names])
+        rows = rows[keep_label[labels_all[rows]]]
+    if config.max_images is not None and len(rows) > config.max_images:
+        rows = np.sort(np.random.default_rng(config.seed).choice(rows, size=config.max_images, replace=False))
+    if len(rows) == 0:
+        raise ProbeConfigError(f"split {split!r} has no training rows for the asked names")
+    root = Path(data_root) if data_root is not None else store.data_root
+    if root is None:
+        raise ProbeConfigError("the store records no data_root; pass data_root= (the image folder the index was made from)")
+    paths = [str(root / p) for p in np.asarray(store.index.paths)[rows].tolist()]
+    _, y = np.unique(labels_all[rows], return_inverse=True)
+    prep = preprocessing if preprocessing is not None else get_spec("supcon-resnet50").preprocessing
+    dev = resolve_torch_device(device)
+    torch.manual_seed(config.seed)
+    kwargs = {}
+    if pretrained_file is not None:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}
+    encoder = timm.create_model(config.timm_model, pretrained=config.pretrained or pretrained_file is not None,
+                                num_classes=0, **kwargs)
+    projector = build_projector([encoder.num_features, *config.proj_layers])
+    model = torch.nn.ModuleDict({"encoder": encoder, "projector": projector}).to(dev)
+    batch = _fit_batch(y, config.m_per_class, config.batch_size)
+    sampler = MPerClassSampler(y, m=config.m_per_class, batch_size=batch, seed=config.seed)
+    loader = torch.utils.data.DataLoader(_ImageRows(paths, y, ImagePreprocessor(prep), flip=config.flip),
+                                         batch_sampler=sampler, num_workers=num_workers,
+                                         pin_memory=dev.startswith("cuda"))
+    loss_fn = SupConLoss(config.temperature)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * len(sampler))
+    use_amp = dev.startswith("cuda")
+    history = []
+    t0 = time.perf_counter()
+    model.train()
+    for epoch in range(config.epochs):
+        losses = []
+        for xb, yb in loader:
+            xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                z = model["projector"](model["encoder"](xb))
+            loss = loss_fn(z.float(), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        history.append(float(np.mean(losses)))
+        log.info("SupCon encoder epoch %d/%d: loss %.4f", epoch + 1, config.epochs, history[-1])
+        if progress:
+            print(f"epoch {epoch + 1}/{config.epochs} loss {history[-1]:.4f}")
+    model.eval()
+    extra = {
+        "trainer": "probes.supcon.train_supcon_encoder",
+        "config": {**asdict(config), "proj_layers": list(config.proj_layers)},
+        "split": {"name": split, "hash": split_attrs.get("hash"), "rows": "train only"},
+        "n_images": int(len(rows)), "n_names": int(y.max() + 1), "batch_size": int(batch),
+        "loss_history": history, "train_seconds": time.perf_counter() - t0, "device": dev,
+        "store": str(getattr(store, "path", "")),
+    }
+    return save_supcon_checkpoint(out_dir, encoder=encoder.cpu(), projector=projector.cpu(),
+                                  timm_model=config.timm_model, preprocessing=prep, extra=extra)

@@ -22,6 +22,7 @@ Balancing (``balance``):
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 import math
 import time
 from itertools import product
@@ -32,7 +33,16 @@ from sklearn.utils.validation import check_is_fitted
 
 from probes.errors import NotEnoughDataError, ProbeConfigError
 
-__all__ = ["FEATURE_MODES", "BALANCE_MODES", "LinearProbe", "LinearSweep", "default_weight_decays"]
+__all__ = [
+    "BALANCE_MODES",
+    "FEATURE_MODES",
+    "LinearConfig",
+    "LinearProbe",
+    "LinearSweep",
+    "default_weight_decays",
+    "run_linear",
+    "run_linear_seeds",
+]
 
 FEATURE_MODES = ("none", "standardize", "l2", "l2-standardize")
 BALANCE_MODES = ("none", "weighted", "logit-adjust")
@@ -595,3 +605,189 @@ def _extend(values, best, steps: int) -> list[float]:
         ratio = vals[1] / vals[0]
         return [float(best / ratio**k) for k in range(1, steps + 1)]
     return []
+
+
+# --------------------------------------------------------------------------- the linear experiment
+@dataclass(frozen=True)
+class LinearConfig:
+    """Everything that defines one linear-probe experiment (recorded in config.json)."""
+
+    model: str
+    view: str | None = None
+    names: str = "all"
+    min_images: int = 0
+    balance: str = "none"
+    features: str = "standardize"
+    weight_decays: tuple[float, ...] | None = None
+    lrs: tuple[float, ...] = (1e-3,)
+    epochs: int = 10
+    batch_size: int = 1024
+    taus: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+    scoring: str = "balanced_accuracy"
+    extend_grid: bool = True
+    permutations: int = 0
+    n_boot: int = 1000
+    device: str = "auto"
+    n_threads: int | None = None
+    save_embeddings: bool = False
+    random_state: int = 0
+
+    def sweep(self, classes) -> LinearSweep:
+        """The unfitted sweep this config describes."""
+        return LinearSweep(
+            self.weight_decays, lrs=self.lrs, epochs=self.epochs, batch_size=self.batch_size,
+            features=self.features, balance=self.balance, taus=self.taus, scoring=self.scoring,
+            extend_grid=self.extend_grid, classes=np.asarray(classes), device=self.device,
+            n_threads=self.n_threads, random_state=self.random_state,
+        )
+
+
+def default_experiment_name(config: LinearConfig) -> str:
+    """``{model}[-{view}]_linear_{names}[_{balance}]``, a plain folder name."""
+    from pathlib import Path
+
+    task = Path(config.names).stem if config.names not in ("all",) and not config.names.startswith("top") else config.names
+    parts = [config.model + (f"-{config.view}" if config.view else ""), "linear", task]
+    if config.balance != "none":
+        parts.append(config.balance)
+    return "_".join(parts).replace("/", "-")
+
+
+def run_linear(
+    store, *, config: LinearConfig, split, out, experiment: str | None = None, seed_group: str | None = None
+) -> dict:
+    """Run one linear-probe experiment on one split and write its result folder.
+
+    Protocol: the sweep (weight decay, learning rate, logit-adjust tau) is selected on the
+    split's val rows, the chosen head is refit on train+val and scores the test rows once. With
+    ``config.permutations`` N > 0 the whole procedure is repeated N times with names shuffled
+    across train+val identities (test labels kept) to give a permutation null.
+    ``seed_group`` names the multi-seed experiment this run belongs to (``probes compare``
+    reports mean and spread over a group). Returns the summary (see
+    :func:`probes.evaluate.finish_experiment`).
+    """
+    from probes import stats
+    from probes.data import load_xy
+    from probes.evaluate import finish_experiment
+    from probes.metrics import balanced_accuracy
+    from probes.names import resolve_names
+
+    experiment = experiment or default_experiment_name(config)
+    log = [f"linear probe {experiment}: store {store.path} model {config.model} split {split.name}"]
+    t0 = time.perf_counter()
+    task = resolve_names(store, config.names, min_images=config.min_images)
+    kw = dict(view=config.view, split=split, names=task)
+    tr = load_xy(store, config.model, subset="train", **kw)
+    va = load_xy(store, config.model, subset="val", **kw)
+    te = load_xy(store, config.model, subset="test", **kw)
+    t_load = time.perf_counter() - t0
+    log.append(f"rows train {len(tr)} val {len(va)} test {len(te)}, names {len(task.names)}, dim {tr.X.shape[1]}")
+    names = np.asarray(task.names)
+    sweep = config.sweep(names).fit(tr.X, names[tr.y], X_val=va.X, y_val=names[va.y])
+    log.append(
+        f"device {sweep.best_estimator_.device_}; best {sweep.best_params_} val {config.scoring} "
+        f"{sweep.best_score_:.4f}; grid extensions {sweep.grid_extensions_}"
+    )
+    t1 = time.perf_counter()
+    scores = sweep.predict_proba(te.X)
+    t_pred = time.perf_counter() - t1
+    trainval_y = np.concatenate([tr.y, va.y])
+    permutation = None
+    if config.permutations > 0:
+        both_groups = None if tr.groups is None else np.concatenate([tr.groups, va.groups])
+        X_tv = np.concatenate([tr.X, va.X])
+        n_tr = len(tr)
+
+        def fit_and_score(y_perm, i):
+            s = config.sweep(names).fit(X_tv[:n_tr], names[y_perm[:n_tr]], X_val=X_tv[n_tr:], y_val=names[y_perm[n_tr:]])
+            pred = np.argmax(s.decision_function(te.X), axis=1)
+            log.append(f"permutation {i}: test balanced accuracy {balanced_accuracy(te.y, pred):.4f}")
+            return balanced_accuracy(te.y, pred)
+
+        t2 = time.perf_counter()
+        null = stats.run_permutation_null(
+            fit_and_score, trainval_y, both_groups, n=config.permutations, seed=config.random_state
+        )
+        permutation = {"null": null, "metric": "balanced_accuracy", "seconds": time.perf_counter() - t2}
+    cfg = {
+        "family": "linear",
+        "experiment": experiment,
+        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
+        "view": te.view,
+        "name_task": task.info(),
+        "probe": {
+            "estimator": "LinearSweep",
+            "best_params": sweep.best_params_,
+            "best_val_score": sweep.best_score_,
+            "validation": sweep.validation_,
+            "grid_extensions": sweep.grid_extensions_,
+            "edge_optimum": sweep.edge_optimum_,
+            "device": sweep.best_estimator_.device_,
+        },
+    }
+    warnings = []
+    if sweep.edge_optimum_:
+        warnings.append("the best weight decay / learning rate is still on the edge of the extended grid")
+    return finish_experiment(
+        out,
+        experiment=experiment,
+        scores=scores,
+        y_true=te.y,
+        names=task.names,
+        image_ids=te.image_ids,
+        groups=te.groups,
+        train_labels=trainval_y,
+        config=cfg,
+        split_info=split.info(),
+        store_path=store.path,
+        model_spec=store.model_spec(config.model),
+        timings={
+            "load_s": t_load, "sweep_s": sweep.fit_time_, "refit_s": sweep.refit_time_,
+            "predict_s": t_pred, "permutation_s": permutation["seconds"] if permutation else 0.0,
+        },
+        name_task=task.spec,
+        embeddings=te.X if config.save_embeddings else None,
+        n_boot=config.n_boot,
+        seed=config.random_state,
+        permutation=permutation,
+        warnings=warnings,
+        extra={"cv_results": sweep.cv_results_, "seed_group": seed_group},
+        log=log,
+    )
+
+
+def run_linear_seeds(store, *, config: LinearConfig, seeds, out, experiment: str | None = None,
+                     by: str = "identity", val: float = 0.1, test: float = 0.2) -> dict:
+    """:func:`run_linear` over one split per seed; per-seed folders ``track3_{experiment}-seed{k}``.
+
+    Returns ``{"experiment", "seeds", "per_seed": [summary...], "mean", "std"}`` over the
+    headline metrics and writes it to ``out/track3_{experiment}-seeds.json``.
+    """
+    import json
+    from pathlib import Path
+
+    from probes.splits import get_split
+
+    experiment = experiment or default_experiment_name(config)
+    per_seed = []
+    for s in seeds:
+        split = get_split(store, by=by, seed=int(s), val=val, test=test)
+        summ = run_linear(
+            store, config=config, split=split, out=out, experiment=f"{experiment}-seed{s}", seed_group=experiment
+        )
+        per_seed.append(summ)
+    keys = ("balanced_accuracy", "accuracy", "top5_accuracy", "macro_f1", "prediction_cv")
+    table = {k: np.array([p["metrics"][k] for p in per_seed]) for k in keys}
+    agg = {
+        "experiment": experiment,
+        "seeds": [int(s) for s in seeds],
+        "mean": {k: float(v.mean()) for k, v in table.items()},
+        "std": {k: float(v.std(ddof=1)) if v.size > 1 else 0.0 for k, v in table.items()},
+        "per_seed": [
+            {"seed": int(s), "path": p["path"], "split": p["split"]["name"], **{k: p["metrics"][k] for k in keys}}
+            for s, p in zip(seeds, per_seed)
+        ],
+    }
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / f"track3_{experiment}-seeds.json").write_text(json.dumps(agg, indent=2) + "\n")
+    return agg

@@ -1,0 +1,158 @@
+"""The ``probes`` command line: a thin layer, each command calls one library function.
+
+torch, sklearn and zarr are imported inside the commands so that ``probes --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from probes.cli_families import COMMANDS
+
+
+def _open(path: str, mode: str):
+    from facestore import open_store
+
+    return open_store(path, mode=mode)
+
+
+def _fail(e: Exception):
+    raise click.ClickException(str(e)) from e
+
+
+def _expected_errors():
+    from facestore.errors import FacestoreError
+
+    from probes.errors import ProbeError
+
+    return (ProbeError, FacestoreError, KeyError, FileNotFoundError)
+
+
+@click.group()
+def main():
+    """Probe frozen face embeddings for first-name signal, with an honest protocol.
+
+    Splits are identity-disjoint, the test split is locked (selection on train/val only),
+    every metric has a 95% CI and is shown beside its chance baselines.
+    """
+
+
+@main.command("split")
+@click.option("--store", "store_path", required=True, type=click.Path(exists=True, file_okay=False), help="The store.")
+@click.option("--by", default="identity", show_default=True, help="identity | image | pseudo-identity:<name>")
+@click.option("--val", default=0.1, show_default=True, type=float, help="Validation fraction of images.")
+@click.option("--test", default=0.2, show_default=True, type=float, help="Test fraction of images.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the first split.")
+@click.option("--seeds", default=1, show_default=True, type=int, help="Make K splits, seeds seed..seed+K-1.")
+def split_cmd(store_path, by, val, test, seed, seeds):
+    """Make identity-disjoint stratified splits and save them in the store (prints JSON)."""
+    from probes.splits import make_split
+
+    try:
+        store = _open(store_path, "a")
+        infos = [make_split(store, by=by, val=val, test=test, seed=seed + k).info() for k in range(seeds)]
+    except _expected_errors() as e:
+        _fail(e)
+    for info in infos:
+        for w in info["warnings"]:
+            click.echo(f"warning: {w}", err=True)
+    click.echo(json.dumps(infos if seeds > 1 else infos[0], indent=2))
+
+
+@main.command("linear")
+@click.option("--store", "store_path", required=True, type=click.Path(exists=True, file_okay=False), help="The store.")
+@click.option("--model", required=True, help="Model group in the store.")
+@click.option("--view", default=None, help="View of the model (default: the model's default view).")
+@click.option("--split", "split_name", default=None, help="A saved split's name (default: make one from --seed).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Split seed when --split is not given.")
+@click.option("--seeds", default=1, show_default=True, type=int, help="Repeat over K splits (seeds seed..seed+K-1).")
+@click.option("--by", default="identity", show_default=True, help="How new splits group rows.")
+@click.option("--names", default="all", show_default=True, help="all | top30 | topK | FILE (one name per line).")
+@click.option("--min-images", default=0, show_default=True, type=int, help="Keep names with at least N images.")
+@click.option("--balance", default="none", show_default=True, type=click.Choice(["none", "weighted", "logit-adjust"]))
+@click.option("--features", default="standardize", show_default=True,
+              type=click.Choice(["none", "standardize", "l2", "l2-standardize"]))
+@click.option("--weight-decays", default=None, help="Comma-separated AdamW weight decays (default 8 from 1e-4 to 10).")
+@click.option("--lrs", default="0.001", show_default=True, help="Comma-separated learning rates.")
+@click.option("--epochs", default=10, show_default=True, type=int)
+@click.option("--batch-size", default=1024, show_default=True, type=int)
+@click.option("--permutations", default=0, show_default=True, type=int,
+              help="Permutation null: N refits with names shuffled across identities.")
+@click.option("--n-boot", default=1000, show_default=True, type=int, help="Bootstrap replicates of the CIs.")
+@click.option("--save-embeddings", is_flag=True, help="Also write embeddings.npy of the test rows.")
+@click.option("--device", default="auto", show_default=True, help="cpu | cuda | cuda:N | auto")
+@click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Results directory.")
+@click.option("--experiment", default=None, help="Experiment name (folder track3_{experiment}).")
+def linear_cmd(store_path, model, view, split_name, seed, seeds, by, names, min_images, balance, features,
+               weight_decays, lrs, epochs, batch_size, permutations, n_boot, save_embeddings, device, threads,
+               out, experiment):
+    """Sweep, select on val, refit on train+val, evaluate on test once, write the result folder."""
+    from probes.linear import LinearConfig, run_linear, run_linear_seeds
+    from probes.splits import get_split
+
+    def floats(text):
+        try:
+            return tuple(float(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+
+    config = LinearConfig(
+        model=model, view=view, names=names, min_images=min_images, balance=balance, features=features,
+        weight_decays=floats(weight_decays) if weight_decays else None, lrs=floats(lrs), epochs=epochs,
+        batch_size=batch_size, permutations=permutations, n_boot=n_boot, device=device, n_threads=threads,
+        save_embeddings=save_embeddings,
+    )
+    try:
+        store = _open(store_path, "r" if split_name else "a")
+        if seeds > 1:
+            if split_name:
+                raise click.UsageError("--seeds makes one split per seed; do not combine it with --split")
+            agg = run_linear_seeds(store, config=config, seeds=range(seed, seed + seeds), out=out,
+                                   experiment=experiment, by=by)
+            for row in agg["per_seed"]:
+                click.echo(f"seed {row['seed']}: balanced acc {row['balanced_accuracy']:.4f} "
+                           f"top-1 {row['accuracy']:.4f}  {row['path']}")
+            m, s = agg["mean"], agg["std"]
+            click.echo(f"mean over {seeds} seeds: balanced acc {m['balanced_accuracy']:.4f} +/- "
+                       f"{s['balanced_accuracy']:.4f}, top-1 {m['accuracy']:.4f} +/- {s['accuracy']:.4f}")
+            return
+        split = get_split(store, split=split_name, by=by, seed=seed)
+        summ = run_linear(store, config=config, split=split, out=out, experiment=experiment)
+    except _expected_errors() as e:
+        _fail(e)
+    m, ci, ch = summ["metrics"], summ["ci"], summ["chance"]
+    click.echo(f"{summ['experiment']}: {m['n_test']} test images, {m['n_classes']} names")
+    click.echo(f"  balanced accuracy {m['balanced_accuracy']:.4f} [{ci['balanced_accuracy'][0]:.4f}, "
+               f"{ci['balanced_accuracy'][1]:.4f}]  chance {ch['uniform']:.4f}  p={summ['p_value']['balanced_accuracy']:.3g}")
+    click.echo(f"  top-1 {m['accuracy']:.4f} [{ci['accuracy'][0]:.4f}, {ci['accuracy'][1]:.4f}]  "
+               f"majority {ch['majority']:.4f}  prior-matched {ch['prior_matched']:.4f}")
+    click.echo(f"  top-5 {m['top5_accuracy']:.4f}  prediction CV {m['prediction_cv']:.3f}  -> {summ['path']}")
+    for w in summ["warnings"]:
+        click.echo(f"warning: {w}", err=True)
+
+
+@main.command("compare")
+@click.argument("results_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--n-boot", default=1000, show_default=True, type=int, help="Paired bootstrap replicates.")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+def compare_cmd(results_dir, n_boot, no_plots):
+    """Write RESULTS_DIR/track3_comparison.md (+ comparison.csv/json and PNG plots)."""
+    from probes.compare import compare_results
+
+    try:
+        report = compare_results(results_dir, n_boot=n_boot, plots=not no_plots)
+    except _expected_errors() as e:
+        _fail(e)
+    click.echo(f"{len(report['experiments'])} experiments -> {report['markdown']}")
+
+
+for _command in COMMANDS:
+    main.add_command(_command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

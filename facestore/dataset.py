@@ -66,10 +66,21 @@ class DatasetIndex:
     def content_hashes(self, rows: np.ndarray | None = None, *, workers: int = 8) -> np.ndarray:
         """blake2b-128 hex digests of the files' bytes (``""`` for a missing or unreadable file)."""
         rows = np.arange(len(self)) if rows is None else np.asarray(rows)
-        paths = [self.root / self.paths[i] for i in rows]
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            out = list(pool.map(file_hash, paths, chunksize=64))
-        return np.asarray(out, dtype=object).astype(str) if out else np.zeros(0, dtype=str)
+        root = os.fspath(self.root)
+        return hash_files([os.path.join(root, self.paths[i]) for i in rows], workers=workers)
+
+
+def hash_files(paths: list[str], *, workers: int = 8) -> np.ndarray:
+    """:func:`file_hash` of many files, in ``workers`` threads (hashing releases the GIL)."""
+    if not paths:
+        return np.zeros(0, dtype="<U32")
+    # One task per slice, not per file: per-file futures cost more than hashing a missing file.
+    n_tasks = max(1, min(len(paths), workers * 4))
+    bounds = np.linspace(0, len(paths), n_tasks + 1).astype(int)
+    slices = [paths[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        parts = list(pool.map(lambda ps: [file_hash(p) for p in ps], slices))
+    return np.asarray([h for part in parts for h in part], dtype="<U32")
 
 
 def file_hash(path: str | os.PathLike) -> str:

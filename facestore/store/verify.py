@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facestore.dataset import file_hash
+from facestore.dataset import hash_files
 from facestore.store import layout
 from facestore.store.store import Store, open_store
 
@@ -111,10 +111,7 @@ def _verify_files(store: Store, data, *, workers: int) -> list[Problem]:
     if root is None or not root.exists():
         return [Problem("dataset", f"dataset root {root} not found; pass --data PATH to check the images' fingerprints")]
     idx = store.index
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        hashes = np.asarray(list(pool.map(file_hash, [root / p for p in idx.paths], chunksize=64)), dtype=str)
+    hashes = hash_files([os.path.join(root, p) for p in idx.paths], workers=workers)
     missing = idx.image_ids[(hashes == "") & (idx.content_hashes != "")]
     changed = idx.image_ids[(hashes != "") & (hashes != idx.content_hashes)]
     out = []

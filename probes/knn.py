@@ -15,7 +15,8 @@ The search runs on a faiss GPU index when faiss was built with GPUs and one is v
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from sklearn.exceptions import NotFittedError
@@ -228,3 +229,78 @@ class KNNProbe:
         return {"ks": list(self.ks_ if hasattr(self, "ks_") else self.ks), "k": self.k,
                 "temperature": self.temperature, "device": self.device,
                 "search_device": getattr(self, "search_device_", None), "metric": "cosine (IndexFlatIP on L2-normalised)"}
+
+
+def task_slug(names: str) -> str:
+    """A folder-safe form of a name-task spec (a file path becomes its stem)."""
+    from pathlib import Path
+
+    return names if names == "all" or names.startswith("top") else Path(names).stem
+
+
+@dataclass(frozen=True)
+class KNNConfig:
+    """One kNN experiment (recorded in config.json)."""
+
+    model: str
+    view: str | None = None
+    names: str = "all"
+    min_images: int = 0
+    ks: tuple[int, ...] = DEFAULT_KS
+    k: int = 20
+    temperature: float = DEFAULT_TEMPERATURE
+    device: str = "auto"
+    n_boot: int = 1000
+    forced_choice: bool = False
+    null_repeats: int = 0
+    random_state: int = 0
+
+
+def run_knn(store, *, config: KNNConfig, split, out, experiment: str | None = None) -> dict:
+    """The kNN sanity check on one split: train+val is the database, test the queries, one search.
+
+    ``config.k`` (fixed in advance, never chosen on test) gives the headline result; every k of
+    ``config.ks`` is reported in ``summary["extra"]["per_k"]`` from the same search.
+    """
+    from probes.data import load_xy
+    from probes.evaluate import finish_experiment
+    from probes.metrics import accuracy, balanced_accuracy
+    from probes.names import resolve_names
+
+    t0 = time.perf_counter()
+    task = resolve_names(store, config.names, min_images=config.min_images)
+    kw = dict(view=config.view, split=split, names=task)
+    tv = load_xy(store, config.model, subset="trainval", **kw)
+    te = load_xy(store, config.model, subset="test", **kw)
+    t_load = time.perf_counter() - t0
+    probe = KNNProbe(config.ks, k=config.k, temperature=config.temperature, device=config.device)
+    t1 = time.perf_counter()
+    probe.fit(tv.X, tv.y)
+    per_k_scores = probe.decision_functions(te.X)
+    t_search = time.perf_counter() - t1
+    C = len(task.names)
+    # Columns of the votes follow the labels present in the database; widen to every task name.
+    full = {}
+    for k, s in per_k_scores.items():
+        wide = np.zeros((len(te), C))
+        wide[:, probe.classes_] = s
+        full[k] = wide
+    per_k = {str(k): {"balanced_accuracy": balanced_accuracy(te.y, s.argmax(1)), "accuracy": accuracy(te.y, s.argmax(1))}
+             for k, s in full.items()}
+    extra = {"per_k": per_k, "search_device": probe.search_device_, "database": "train+val", "queries": "test"}
+    if config.forced_choice:
+        from probes.forced_choice import forced_choice_report
+
+        extra["forced_choice"] = forced_choice_report(full[config.k], te.y, train_labels=tv.y, groups=te.groups,
+                                                      seed=config.random_state, null_repeats=config.null_repeats)
+    experiment = experiment or f"{config.model}{'-' + config.view if config.view else ''}_knn_{task_slug(config.names)}"
+    cfg = {"family": "knn", "experiment": experiment,
+           **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+           "view": te.view, "name_task": task.info(), "probe": probe.params()}
+    return finish_experiment(
+        out, experiment=experiment, scores=full[config.k], y_true=te.y, names=task.names, image_ids=te.image_ids,
+        groups=te.groups, train_labels=tv.y, config=cfg, split_info=split.info(), store_path=store.path,
+        model_spec=store.model_spec(config.model), timings={"load_s": t_load, "search_s": t_search},
+        name_task=task.spec, n_boot=config.n_boot, seed=config.random_state, extra=extra,
+        log=[f"kNN {experiment}: {len(tv)} database rows, {len(te)} queries, k={config.k} T={config.temperature}, "
+             f"faiss {probe.search_device_}"])

@@ -89,3 +89,29 @@ def test_bad_arguments_explain_themselves():
         knn_search(X, X, k=500)
     with pytest.raises(NotFittedError, match="not fitted"):
         KNNProbe().predict(X)
+
+
+def test_cli_knn_writes_a_result_folder_on_a_planted_store(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from probes.cli import main
+    from probes.results import read_result
+    from tests.synthetic import planted_store
+
+    planted_store(tmp_path / "s.zarr", n_names=6, images_per_person=4, dim=16, signal=2.0, seed=0)
+    res = CliRunner().invoke(main, ["knn", "--store", str(tmp_path / "s.zarr"), "--model", "toy", "--ks", "5,10",
+                                    "--k", "10", "--out", str(tmp_path / "res"), "--n-boot", "200",
+                                    "--forced-choice", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    folder = tmp_path / "res" / "track3_toy_knn_all"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["probe"]["k"] == 10 and summary["probe"]["temperature"] == 0.07
+    assert set(summary["extra"]["per_k"]) == {"5", "10"}
+    assert summary["ci"]["balanced_accuracy"][0] > 1 / 6  # a planted signal beats chance
+    assert summary["split"]["by"] == "identity"
+    assert [fc["n_way"] for fc in summary["extra"]["forced_choice"]] == [2, 2, 4, 4]
+    r = read_result(folder)
+    assert len(r.predictions) == summary["metrics"]["n_test"]
+    assert "k=10" in res.output and "faiss cpu" in res.output

@@ -363,7 +363,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """The predicted class (a name when fitted on names) of each row."""
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+        scores = self.decision_function(X)
+        return self.classes_[np.argmax(scores, axis=1)]
 
 
 def _score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -535,7 +536,8 @@ class LinearSweep(ClassifierMixin, BaseEstimator):
         self.coef_grid_ = np.stack(Ws)
         self.intercept_grid_ = np.stack(bs)
         self.members_ = members
-        order = np.argsort([-r["val_score"] for r in scores_rows], kind="stable")
+        # Rank with the same tie-break as the selection (stronger weight decay first).
+        order = np.lexsort(([-r["weight_decay"] for r in scores_rows], [-r["val_score"] for r in scores_rows]))
         rank = np.empty(len(order), dtype=int)
         rank[order] = np.arange(1, len(order) + 1)
         self.cv_results_ = {

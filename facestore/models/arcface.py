@@ -160,12 +160,16 @@ def _options(spec: ModelSpec, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def center_crop_matrix(height: int, width: int, *, fraction: float, size: int = INPUT_SIZE) -> np.ndarray:
-    """The 2x3 affine matrix mapping the chip's central ``fraction`` square onto ``size`` x ``size``."""
+    """The 2x3 affine matrix mapping the chip's central ``fraction`` square onto ``size`` x ``size``.
+
+    Pixel centres are aligned (``x_dst + 0.5 = s * (x_src + 0.5 - x0)``), so the warp equals
+    ``cv2.resize(chip[y0:y0+side, x0:x0+side], (size, size), interpolation=cv2.INTER_LINEAR)``.
+    """
     side = fraction * min(height, width)
-    scale = size / side
+    s = size / side
     x0 = (width - side) / 2.0
     y0 = (height - side) / 2.0
-    return np.array([[scale, 0.0, -scale * x0], [0.0, scale, -scale * y0]], dtype=np.float64)
+    return np.array([[s, 0.0, s * (0.5 - x0) - 0.5], [0.0, s, s * (0.5 - y0) - 0.5]], dtype=np.float64)
 
 
 class ArcFacePreprocessor:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -137,6 +138,37 @@ def state_dict_sha256(module: Any) -> str:
     return h.hexdigest()
 
 
+class TorchvisionCropPreprocessor:
+    """Picklable: the shared :class:`ImagePreprocessor`, centre-cropping as torchvision does.
+
+    timm's and open_clip's eval transforms end in ``torchvision.transforms.CenterCrop``, whose
+    offset is ``round((size - crop) / 2)``; the shared preprocessor floors it, as transformers
+    does. ResNet-50 a1_in1k resizes 512 -> 235 and crops 224: the offsets differ by one pixel,
+    enough to move every pixel. Resize + normalise are per-pixel, so cropping last is exact.
+    """
+
+    def __init__(self, preprocessing: Preprocessing) -> None:
+        from facestore.models.preprocess import ImagePreprocessor
+
+        self.preprocessing = preprocessing
+        self.crop = preprocessing.crop if preprocessing.resize == "shortest_edge" else None
+        self._resize = ImagePreprocessor(dataclasses.replace(preprocessing, crop=None) if self.crop else preprocessing)
+
+    def __repr__(self) -> str:
+        return f"TorchvisionCropPreprocessor({self.preprocessing!r})"
+
+    def __call__(self, image: np.ndarray) -> Any:
+        x = self._resize(image)
+        if self.crop is None:
+            return x
+        ch, cw = int(self.crop[0]), int(self.crop[1])
+        h, w = x.shape[-2:]
+        if ch > h or cw > w:
+            raise ValueError(f"image resized to {h}x{w} is smaller than the {ch}x{cw} crop; check resize_to")
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        return x[:, top:top + ch, left:left + cw].contiguous()
+
+
 class TorchEncoder(Encoder):
     """An :class:`Encoder` over a frozen torch module; subclasses say how a batch becomes views."""
 
@@ -164,10 +196,8 @@ class TorchEncoder(Encoder):
         self._channels_last = channels_last
 
     def preprocessor(self) -> Callable[[np.ndarray], Any]:
-        """The shared tensor preprocessing, configured from the model's own config."""
-        from facestore.models.preprocess import ImagePreprocessor
-
-        return ImagePreprocessor(self._preprocessing)
+        """The shared tensor preprocessing with torchvision's centre-crop rounding (timm, open_clip)."""
+        return TorchvisionCropPreprocessor(self._preprocessing)
 
     @abc.abstractmethod
     def _forward(self, x: Any) -> dict[str, Any]:

@@ -234,3 +234,16 @@ def fake_landmarks_on_chip(chip_side: int, *, pad_fraction: float) -> np.ndarray
     pad = int(round(pad_fraction * chip_side))
     det_scale = FAKE_DET_SIZE / (chip_side + 2 * pad)
     return (np.asarray(FAKE_KPS, np.float32) / det_scale - pad).astype(np.float32)
+
+
+def face_chips(size: int = 512) -> list[np.ndarray]:
+    """The two real face photos shipped with insightface, resized to ``size`` x ``size`` RGB chips."""
+    import insightface
+    from PIL import Image
+
+    images = Path(insightface.__file__).parent / "data" / "images"
+    chips = []
+    for name in ("Tom_Hanks_54745.png", "t1.jpg"):
+        with Image.open(images / name) as im:
+            chips.append(np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)).copy())
+    return chips

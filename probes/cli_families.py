@@ -118,4 +118,197 @@ def knn_cmd(store_path, model, view, split_name, seed, by, names, min_images, ks
                + f"  (T={temperature}, faiss {summ['extra']['search_device']})")
 
 
-COMMANDS: list = [knn_cmd]
+@click.command("supcon")
+@_store_option
+@click.option("--model", default=None, help="Model group whose frozen features the head trains on.")
+@click.option("--view", default=None, help="View of the model (default: the model's default view).")
+@_split_options
+@_task_options
+@click.option("--hidden-dim", default=2048, show_default=True, type=int)
+@click.option("--out-dim", default=128, show_default=True, type=int)
+@click.option("--temperature", default=0.07, show_default=True, type=float)
+@click.option("--m-per-class", default=4, show_default=True, type=int, help="Images per name in each batch.")
+@click.option("--batch-size", default=512, show_default=True, type=int)
+@click.option("--epochs", default=20, show_default=True, type=int)
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--representation", default="projection", show_default=True,
+              type=click.Choice(["projection", "hidden"]), help="Which layer the linear probe reads.")
+@click.option("--train-encoder", is_flag=True,
+              help="Train a timm encoder + projector from the train images instead (writes --checkpoint).")
+@click.option("--checkpoint", default=None, type=click.Path(file_okay=False),
+              help="With --train-encoder: the checkpoint folder for `facestore build --weights`.")
+@click.option("--timm-model", default="resnet50", show_default=True, help="With --train-encoder: the timm model.")
+@click.option("--no-pretrained", is_flag=True, help="With --train-encoder: start from random weights.")
+@click.option("--data-root", default=None, type=click.Path(file_okay=False),
+              help="With --train-encoder: the image folder (default: the store's data root).")
+@click.option("--workers", default=0, show_default=True, type=int, help="With --train-encoder: DataLoader workers.")
+@_forced_choice_options
+@click.option("--save-embeddings", is_flag=True, help="Write the test rows' learned representation.")
+@click.option("--device", default="auto", show_default=True, help="cpu | cuda | auto")
+@click.option("--n-boot", default=1000, show_default=True, type=int, help="Bootstrap replicates of the CIs.")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Results directory (head mode).")
+@click.option("--experiment", default=None, help="Experiment name (folder track3_{experiment}).")
+def supcon_cmd(store_path, model, view, split_name, seed, by, names, min_images, hidden_dim, out_dim, temperature,
+               m_per_class, batch_size, epochs, lr, representation, train_encoder, checkpoint, timm_model,
+               no_pretrained, data_root, workers, forced_choice, null_repeats, save_embeddings, device, n_boot, out,
+               experiment):
+    """Experiment 3.4: a SupCon projection head on frozen features + linear probe, or (--train-encoder)
+    a SupCon encoder trained from the train images into a facestore checkpoint."""
+    from probes.supcon import (EncoderTrainingConfig, SupConConfig, SupConHeadConfig, run_supcon_head,
+                               train_supcon_encoder)
+
+    try:
+        store = _open(store_path, "r" if split_name else "a")
+        split = _split(store, split_name, by, seed)
+        if train_encoder:
+            if not checkpoint:
+                raise click.UsageError("--train-encoder needs --checkpoint DIR")
+            cfg = EncoderTrainingConfig(timm_model=timm_model, pretrained=not no_pretrained, temperature=temperature,
+                                        m_per_class=m_per_class, batch_size=batch_size, epochs=epochs, lr=lr,
+                                        proj_layers=(hidden_dim, out_dim), seed=seed)
+            task = None if names == "all" else _task_names(store, names, min_images)
+            path = train_supcon_encoder(store, split=split.name, out_dir=checkpoint, config=cfg, names=task,
+                                        data_root=data_root, device=device, num_workers=workers, progress=True)
+            click.echo(f"checkpoint -> {path}; embed it with: facestore build ... --model supcon-resnet50 "
+                       f"--weights {path}")
+            return
+        if not model or not out:
+            raise click.UsageError("the SupCon head needs --model and --out (or pass --train-encoder)")
+        head = SupConHeadConfig(hidden_dim=hidden_dim, out_dim=out_dim, temperature=temperature,
+                                m_per_class=m_per_class, batch_size=batch_size, epochs=epochs, lr=lr,
+                                representation=representation, seed=seed)
+        config = SupConConfig(model=model, view=view, names=names, min_images=min_images, head=head, n_boot=n_boot,
+                              device=device, save_embeddings=save_embeddings, forced_choice=forced_choice,
+                              null_repeats=null_repeats)
+        summ = run_supcon_head(store, config=config, split=split, out=out, experiment=experiment)
+    except _errors() as e:
+        raise click.ClickException(str(e)) from e
+    _report(summ)
+
+
+def _task_names(store, names, min_images):
+    from probes.names import resolve_names
+
+    return list(resolve_names(store, names, min_images=min_images).names)
+
+
+@click.command("zeroshot")
+@_store_option
+@click.option("--model", required=True, help="A text model's group (clip-vit-b-32, siglip-base).")
+@click.option("--view", default=None, help="Image view in the joint space (default: the model's default view).")
+@_split_options
+@_task_options
+@click.option("--template-set", default="plan", show_default=True, help="Stored template set (facestore text).")
+@click.option("--template", default="ensemble", show_default=True, help="'ensemble', a template index or its text.")
+@click.option("--prior-correction", default="none", show_default=True,
+              type=click.Choice(["none", "mean-logit", "fit-bias"]), help="Fitted on validation images only.")
+@_forced_choice_options
+@_common_out
+def zeroshot_cmd(store_path, model, view, split_name, seed, by, names, min_images, template_set, template,
+                 prior_correction, forced_choice, null_repeats, device, n_boot, out, experiment):
+    """Experiment 3.5: zero-shot names from stored text embeddings (CLIP softmax, SigLIP scale + bias)."""
+    from probes.zeroshot import ZeroShotConfig, run_zeroshot
+
+    config = ZeroShotConfig(model=model, view=view, template_set=template_set, template=template,
+                            prior_correction=prior_correction, names=names, min_images=min_images, n_boot=n_boot,
+                            forced_choice=forced_choice, null_repeats=null_repeats, random_state=seed)
+    try:
+        store = _open(store_path, "r" if split_name else "a")
+        summ = run_zeroshot(store, config=config, split=_split(store, split_name, by, seed), out=out,
+                            experiment=experiment)
+    except _errors() as e:
+        raise click.ClickException(str(e)) from e
+    _report(summ)
+    for t, v in summ["extra"]["per_template_val_balanced_accuracy"].items():
+        click.echo(f"  val balanced accuracy {v:.4f}  {t}")
+
+
+@click.command("ensemble")
+@_store_option
+@click.option("--models", required=True, help="Comma-separated model groups (at least two).")
+@click.option("--views", default=None, help="Comma-separated views, one per model (default: each default view).")
+@click.option("--mode", default="concat", show_default=True,
+              type=click.Choice(["concat", "late-fusion", "learned-weights"]))
+@_split_options
+@_task_options
+@click.option("--epochs", default=10, show_default=True, type=int, help="Linear probe epochs.")
+@_forced_choice_options
+@_common_out
+def ensemble_cmd(store_path, models, views, mode, split_name, seed, by, names, min_images, epochs, forced_choice,
+                 null_repeats, device, n_boot, out, experiment):
+    """Experiment 3.6: concatenation, late fusion or validation-fitted weights over several models."""
+    from probes.ensemble import EnsembleConfig, run_ensemble
+
+    model_list = tuple(m.strip() for m in models.split(",") if m.strip())
+    view_list = None if views is None else tuple(v.strip() or None for v in views.split(","))
+    config = EnsembleConfig(models=model_list, mode=mode, views=view_list, names=names, min_images=min_images,
+                            epochs=epochs, n_boot=n_boot, device=device, forced_choice=forced_choice,
+                            null_repeats=null_repeats, random_state=seed)
+    try:
+        store = _open(store_path, "r" if split_name else "a")
+        summ = run_ensemble(store, config=config, split=_split(store, split_name, by, seed), out=out,
+                            experiment=experiment)
+    except _errors() as e:
+        raise click.ClickException(str(e)) from e
+    _report(summ)
+    miss = summ["extra"]["missing_images"]["test"]
+    click.echo(f"  test images kept {miss['kept']}, dropped {miss['dropped']} (missing per model {miss['per_model']})")
+    if "weights" in summ["extra"]:
+        click.echo("  weights (fitted on val): " + ", ".join(f"{m} {w:.3f}" for m, w in summ["extra"]["weights"].items()))
+
+
+@click.command("audit")
+@_store_option
+@click.option("--model", required=True, help="A face-identity model group (e.g. arcface-r50) or any model.")
+@click.option("--view", default=None)
+@_split_options
+@_task_options
+@click.option("--threshold", required=True, type=float, help="Same-person cosine similarity of the model.")
+@click.option("--k", "k", default=20, show_default=True, type=int)
+@click.option("--temperature", default=0.07, show_default=True, type=float)
+@_common_out
+def audit_cmd(store_path, model, view, split_name, seed, by, names, min_images, threshold, k, temperature, device,
+              n_boot, out, experiment):
+    """Identity-leak audit: test images with a same-person training neighbour, kNN with and without them."""
+    from probes.audit import run_audit
+
+    try:
+        store = _open(store_path, "r" if split_name else "a")
+        summ = run_audit(store, model=model, split=_split(store, split_name, by, seed), out=out, threshold=threshold,
+                         view=view, names=names, min_images=min_images, k=k, temperature=temperature, device=device,
+                         n_boot=n_boot, seed=seed, experiment=experiment)
+    except _errors() as e:
+        raise click.ClickException(str(e)) from e
+    a = summ["extra"]["audit"]
+    click.echo(f"share of test images whose nearest train+val neighbour is above {threshold}: "
+               f"{a['share_nearest_above_threshold']:.4f}")
+    click.echo(f"kNN accuracy {a['knn_accuracy']:.4f}; without above-threshold neighbours "
+               f"{a['knn_accuracy_excluding_above_threshold']:.4f}")
+    if "knn_accuracy_excluding_same_identity" in a:
+        click.echo(f"kNN accuracy without same-identity neighbours {a['knn_accuracy_excluding_same_identity']:.4f}")
+    _report(summ)
+
+
+@click.command("identities")
+@_store_option
+@click.option("--model", required=True, help="A face-identity model group (e.g. arcface-r50).")
+@click.option("--view", default=None)
+@click.option("--threshold", required=True, type=float, help="Link images with cosine similarity >= T.")
+@click.option("--k", "k", default=10, show_default=True, type=int, help="Neighbours searched per image.")
+@click.option("--name", default=None, help="Saved name (default pseudo-<model>-t<T>).")
+@click.option("--device", default="auto", show_default=True, help="cpu | cuda | auto")
+def identities_cmd(store_path, model, view, threshold, k, name, device):
+    """Pseudo-identities: connected components of the thresholded kNN graph, saved in the store."""
+    from probes.audit import build_pseudo_identities
+
+    try:
+        store = _open(store_path, "a")
+        saved, attrs = build_pseudo_identities(store, model=model, view=view, threshold=threshold, k=k, name=name,
+                                               device=device)
+    except _errors() as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(json.dumps({"name": saved, **attrs}, indent=2))
+    click.echo(f"split by them with: probes split --store {store_path} --by pseudo-identity:{saved}", err=True)
+
+
+COMMANDS: list = [supcon_cmd, zeroshot_cmd, ensemble_cmd, knn_cmd, audit_cmd, identities_cmd]

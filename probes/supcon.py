@@ -441,3 +441,79 @@ def train_supcon_encoder(store, *, split: str, out_dir: str | Path, config: Enco
     }
     return save_supcon_checkpoint(out_dir, encoder=encoder.cpu(), projector=projector.cpu(),
                                   timm_model=config.timm_model, preprocessing=prep, extra=extra)
+
+
+@dataclass(frozen=True)
+class SupConConfig:
+    """One SupCon-head experiment on frozen store features (recorded in config.json)."""
+
+    model: str
+    view: str | None = None
+    names: str = "all"
+    min_images: int = 0
+    head: SupConHeadConfig = field(default_factory=SupConHeadConfig)
+    weight_decays: tuple[float, ...] | None = None
+    linear_epochs: int = 10
+    n_boot: int = 1000
+    device: str = "auto"
+    save_embeddings: bool = False
+    forced_choice: bool = False
+    null_repeats: int = 0
+
+
+def run_supcon_head(store, *, config: SupConConfig, split, out, experiment: str | None = None) -> dict:
+    """Experiment 3.4 on frozen features: SupCon head on train, then the linear probe protocol.
+
+    The projection head sees the train rows only. The linear probe (:class:`probes.linear.LinearSweep`)
+    on the learned representation is selected on validation, refit on train+validation and
+    scores test once, exactly as the plain linear probe does on the raw features.
+    """
+    from probes.data import load_xy
+    from probes.evaluate import finish_experiment
+    from probes.knn import task_slug
+    from probes.linear import LinearConfig
+    from probes.names import resolve_names
+
+    t0 = time.perf_counter()
+    task = resolve_names(store, config.names, min_images=config.min_images)
+    kw = dict(view=config.view, split=split, names=task)
+    tr, va, te = (load_xy(store, config.model, subset=s, **kw) for s in ("train", "val", "test"))
+    t_load = time.perf_counter() - t0
+    h = config.head
+    head = SupConHead(h.hidden_dim, out_dim=h.out_dim, temperature=h.temperature, m_per_class=h.m_per_class,
+                      batch_size=h.batch_size, epochs=h.epochs, lr=h.lr, weight_decay=h.weight_decay,
+                      representation=h.representation, normalize_input=h.normalize_input, device=config.device,
+                      random_state=h.seed).fit(tr.X, tr.y)
+    Z_tr, Z_va, Z_te = head.transform(tr.X), head.transform(va.X), head.transform(te.X)
+    names = np.asarray(task.names)
+    lin = LinearConfig(model=config.model, view=config.view, names=config.names, weight_decays=config.weight_decays,
+                       epochs=config.linear_epochs, device=config.device, random_state=h.seed)
+    t1 = time.perf_counter()
+    sweep = lin.sweep(names).fit(Z_tr, names[tr.y], X_val=Z_va, y_val=names[va.y])
+    t_linear = time.perf_counter() - t1
+    scores = sweep.predict_proba(Z_te)
+    trainval_y = np.concatenate([tr.y, va.y])
+    extra = {"head_loss_history": head.loss_history_, "head_samples_per_second": head.samples_per_second_,
+             "head_batch_size": head.batch_size_, "singleton_names_left_out": head.n_singletons_,
+             "head_trained_on": "train", "linear_best_params": sweep.best_params_,
+             "linear_best_val_score": sweep.best_score_}
+    if config.forced_choice:
+        from probes.forced_choice import forced_choice_report
+
+        extra["forced_choice"] = forced_choice_report(scores, te.y, train_labels=trainval_y, groups=te.groups,
+                                                      seed=h.seed, null_repeats=config.null_repeats)
+    experiment = experiment or f"{config.model}{'-' + config.view if config.view else ''}_supcon_{task_slug(config.names)}"
+    cfg = {"family": "supcon", "experiment": experiment, "model": config.model, "view": te.view,
+           "names": config.names, "min_images": config.min_images, "name_task": task.info(),
+           "probe": {"head": asdict(h), "device": head.device_, "linear": "LinearSweep on the learned representation",
+                     "weight_decays": None if config.weight_decays is None else list(config.weight_decays),
+                     "linear_epochs": config.linear_epochs}}
+    return finish_experiment(
+        out, experiment=experiment, scores=scores, y_true=te.y, names=task.names, image_ids=te.image_ids,
+        groups=te.groups, train_labels=trainval_y, config=cfg, split_info=split.info(), store_path=store.path,
+        model_spec=store.model_spec(config.model),
+        timings={"load_s": t_load, "head_fit_s": head.train_seconds_, "linear_s": t_linear},
+        name_task=task.spec, embeddings=Z_te if config.save_embeddings else None, n_boot=config.n_boot,
+        seed=h.seed, extra=extra,
+        log=[f"SupCon head {experiment}: {len(tr)} train rows, device {head.device_}, final loss "
+             f"{head.loss_history_[-1]:.4f}, {head.samples_per_second_:.0f} samples/s"])

@@ -58,15 +58,12 @@ def _chips() -> dict[str, np.ndarray]:
 CHIPS = _chips()
 
 
-def _dinov2_processor(cls_name: str = "BitImageProcessor"):
-    import transformers
+def _dinov2_processor():
+    from transformers import BitImageProcessor
 
-    cls = getattr(transformers, cls_name, None)
-    if cls is None:
-        from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil as cls
     # As facebook/dinov2-*'s preprocessor_config.json.
-    return cls(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, do_center_crop=True,
-               resample=3, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    return BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
+                             do_center_crop=True, resample=3, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
 
 
 def _dinov3_processor():

@@ -321,7 +321,7 @@ def load(spec: ModelSpec, *, weights: str | None, device: str, precision: str, o
     prec = resolve_precision(precision, dev)
     config = from_pretrained(AutoConfig.from_pretrained, spec, weights)
     check_model_type(config, spec, _MODEL_TYPES[spec.family], weights)
-    model = from_pretrained(AutoModel.from_pretrained, spec, weights, use_safetensors=True)
+    model = from_pretrained(AutoModel.from_pretrained, spec, weights, config=config, use_safetensors=True)
     model.requires_grad_(False).eval().to(dev)
     preprocessing = load_preprocessing(spec, weights)
     encoder = HFViTEncoder(spec, model=model, preprocessing=preprocessing, weights=weights_identity(spec, weights),

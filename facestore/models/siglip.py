@@ -168,7 +168,7 @@ def load(spec: ModelSpec, *, weights: str | None, device: str, precision: str, o
     prec = resolve_precision(precision, dev)
     config = from_pretrained(AutoConfig.from_pretrained, spec, weights)
     check_model_type(config, spec, "siglip", weights)
-    model = from_pretrained(AutoModel.from_pretrained, spec, weights, use_safetensors=True)
+    model = from_pretrained(AutoModel.from_pretrained, spec, weights, config=config, use_safetensors=True)
     model.requires_grad_(False).eval().to(dev)
     encoder = SiglipEncoder(
         spec, model=model, preprocessing=load_preprocessing(spec, weights), weights=weights_identity(spec, weights),

@@ -92,6 +92,7 @@ class ZeroShotClassifier:
     bias_l2 : L2 penalty on the per-name biases of ``"fit-bias"`` (keeps names absent from
         validation at zero).
 
+    ``y_val`` are names or indices into the text embeddings' names.
     ``fit(text, X_val=None, y_val=None)`` takes a ``TextEmbeddings`` (``names``, ``templates``,
     ``embeddings`` (C, T, D), ``logit_scale``, ``logit_bias``) from ``store.text_embeddings``.
     """
@@ -138,6 +139,11 @@ class ZeroShotClassifier:
             return -(logits.mean(axis=0) - logits.mean())
         if y_val is None:
             raise ProbeConfigError("prior_correction='fit-bias' needs validation labels (y_val)")
+        y_val = np.asarray(y_val)
+        if np.issubdtype(y_val.dtype, np.integer):  # label indices into classes_
+            if y_val.min() < 0 or y_val.max() >= len(self.classes_):
+                raise ProbeConfigError(f"validation label indices must be in [0, {len(self.classes_)})")
+            return _fit_class_biases(logits, y_val.astype(np.int64), l2=self.bias_l2)
         pos = {c: i for i, c in enumerate(self.classes_)}
         try:
             y_idx = np.array([pos[v] for v in np.asarray(y_val)])

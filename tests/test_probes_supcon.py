@@ -91,3 +91,57 @@ def test_head_recovers_a_signal_hidden_in_noise():
     assert head.samples_per_second_ > 0
     hidden = SupConHead(64, out_dim=16, epochs=1, batch_size=64, representation="hidden").fit(X, y).transform(Xv)
     assert hidden.shape == (len(Xv), 64)
+
+
+def test_cli_supcon_head_writes_a_result_folder(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from probes.cli import main
+    from tests.synthetic import planted_store
+
+    planted_store(tmp_path / "s.zarr", n_names=5, images_per_person=4, dim=16, signal=2.0, seed=4)
+    res = CliRunner().invoke(main, ["supcon", "--store", str(tmp_path / "s.zarr"), "--model", "toy",
+                                    "--hidden-dim", "32", "--out-dim", "8", "--epochs", "3", "--batch-size", "16",
+                                    "--out", str(tmp_path / "r"), "--n-boot", "100", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "r" / "track3_toy_supcon_all" / "summary.json").read_text())
+    assert summary["family"] == "supcon" and summary["probe"]["head"]["temperature"] == 0.07
+    assert summary["extra"]["head_trained_on"] == "train" and len(summary["extra"]["head_loss_history"]) == 3
+    assert summary["ci"]["balanced_accuracy"][1] > 1 / 5
+
+
+def test_encoder_training_reads_train_images_only_and_saves_a_loadable_checkpoint(tmp_path, monkeypatch):
+    import facestore.images
+    from facestore import create_store
+    from facestore.dataset import scan_dataset
+    from facestore.models.spec import Preprocessing
+    from facestore.models.timm_family import load_supcon_checkpoint
+    from probes.splits import make_split
+    from probes.supcon import EncoderTrainingConfig, train_supcon_encoder
+    from tests.conftest import write_chips
+
+    root = tmp_path / "chips"
+    write_chips(root, {n: {f"{n}{p}": 3 for p in range(3)} for n in ("Ann", "Bob", "Cid")}, size=40)
+    store = create_store(tmp_path / "s.zarr")
+    store.sync_index(scan_dataset(root), workers=1)
+    split = make_split(store, by="identity", val=0.2, test=0.3, seed=0)
+    read = []
+    real_decode = facestore.images.decode_image
+    monkeypatch.setattr(facestore.images, "decode_image", lambda p, **kw: read.append(str(p)) or real_decode(p, **kw))
+    cfg = EncoderTrainingConfig(timm_model="test_resnet", pretrained=False, proj_layers=(16, 8), m_per_class=2,
+                                batch_size=4, epochs=1, flip=True)
+    prep = Preprocessing(size=(32, 32), resize="squash", interpolation="bilinear")
+    ckpt = train_supcon_encoder(store, split=split.name, out_dir=tmp_path / "ckpt", config=cfg, preprocessing=prep,
+                                data_root=root, device="cpu")
+    train_paths = {str(root / p) for p in np.asarray(store.index.paths)[split.rows("train")]}
+    assert read and set(read) <= train_paths  # never a validation or test image
+    encoder, projector, config = load_supcon_checkpoint(ckpt)
+    assert config["timm_model"] == "test_resnet" and config["proj_layers"][-1] == 8
+    assert config["extra"]["split"] == {"name": split.name, "hash": split.hash, "rows": "train only"}
+    assert config["extra"]["n_images"] == len(split.rows("train"))
+    x = torch.zeros(2, 3, 32, 32)
+    with torch.no_grad():
+        z = projector(encoder(x))
+    assert z.shape == (2, 8) and torch.isfinite(z).all()

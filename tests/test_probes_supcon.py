@@ -145,3 +145,9 @@ def test_encoder_training_reads_train_images_only_and_saves_a_loadable_checkpoin
     with torch.no_grad():
         z = projector(encoder(x))
     assert z.shape == (2, 8) and torch.isfinite(z).all()
+    # `facestore build --model supcon-resnet50 --weights CKPT` loads it like any encoder.
+    from facestore.models.registry import load_encoder
+
+    enc = load_encoder("supcon-resnet50", weights=str(ckpt), device="cpu")
+    out = enc.encode(enc.collate([enc.preprocessor()(np.zeros((40, 40, 3), np.uint8))]))
+    assert out["projection"].shape == (1, 8) and out["embedding"].shape[0] == 1

@@ -277,10 +277,11 @@ def doctor(as_json: bool) -> None:
 
 @main.command()
 @click.argument("directory", default="facestore-demo", type=click.Path(file_okay=False))
-def demo(directory: str) -> None:
+@click.option("--quick", is_flag=True, help="a smaller dataset and fewer bootstrap draws (about a minute)")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--no-progress", is_flag=True, help="no progress bars")
+def demo(directory: str, quick: bool, device: str, no_progress: bool) -> None:
     """Make a synthetic face-chip dataset in DIRECTORY, build a store and run the Track 3 probes on it."""
     from facestore.demo import run_demo
 
-    _setup_logging(verbose=True)
-    result = run_demo(directory)
-    click.echo(f"demo finished: {result}")
+    run_demo(directory, quick=quick, device=device, progress=not no_progress, echo=click.echo)

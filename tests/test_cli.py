@@ -1,0 +1,154 @@
+"""The facestore command line through click's CliRunner, and every registry model built through --weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import facestore
+from facestore.cli import main
+from facestore.models import list_models, load_encoder
+from tests.conftest import write_chips
+from tests.test_build import add_bad_images
+from tests.tiny import make_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, code: int = 0):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == code, (result.output, result.exception)
+    if code:
+        assert "Traceback" not in result.output
+    return result
+
+
+def test_help_is_instant_and_imports_no_heavy_library():
+    probe = ("import sys; from facestore.cli import main\n"
+             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "heavy = [m for m in ('torch', 'transformers', 'zarr', 'open_clip', 'onnxruntime') if m in sys.modules]\n"
+             "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "Commands:" in out.stdout and "build" in out.stdout and "HEAVY []" in out.stdout, out.stderr
+
+
+def test_build_info_export_import_verify(chip_folder: Path, tmp_path: Path):
+    add_bad_images(chip_folder)
+    store = tmp_path / "s"
+    res = run("build", "--data", chip_folder, "--store", store, "--model", "pixels-32", "--chunk-rows", "8",
+              "--workers", "0", "--no-progress")
+    assert "25 images (25 new)" in res.stdout
+    assert "pixels-32: 22 rows written" in res.stdout and "empty_file 1, not_an_image 1, truncated 1" in res.stdout
+
+    res = run("info", store)
+    assert "25 images, 3 names, 6 identities" in res.stdout
+    assert "pixels-32 [extracted]: pixels 3072; float16; ok 22" in res.stdout and "complete" in res.stdout
+    info = json.loads(run("info", store, "--json").stdout)
+    assert info["models"]["pixels-32"]["status"]["truncated"] == 1
+
+    out = tmp_path / "exported"
+    res = run("export", store, "--model", "pixels-32", "--out", out)
+    assert "exported 22 x 3072" in res.stdout
+    X, ids = facestore.open_store(store).load("pixels-32")
+    np.testing.assert_array_equal(np.load(out / "embeddings.npy"), X)
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("\n".join(np.load(out / "image_ids.npy").tolist()) + "\n")
+
+    res = run("import", store, "--model", "pixels-copy", "--embeddings", out / "embeddings.npy", "--ids", ids_file,
+              "--view", "pixels", "--allow-missing")
+    assert "imported 22 vectors into pixels-copy/pixels (3 store images without a vector)" in res.stdout
+    Y, ids2 = facestore.open_store(store).load("pixels-copy", view="pixels")
+    np.testing.assert_array_equal(Y, X)
+    assert np.array_equal(ids2, ids)
+
+    ids_file.write_text("Anna/p1/000.jpg\nnobody/here.jpg\n")
+    res = run("import", store, "--model", "other", "--embeddings", out / "embeddings.npy", "--ids", ids_file, code=2)
+    assert "Error" in res.output
+
+    # Bad images are recorded failures and imported gaps are recorded as not_imported: no problems.
+    assert f"{store}: OK" in run("verify", store).stdout
+
+
+def test_verify_passes_on_a_sound_store_and_names_a_deleted_chunk(chip_folder: Path, tmp_path: Path):
+    store = tmp_path / "s"
+    run("build", "--data", chip_folder, "--store", store, "--model", "pixels-32", "--chunk-rows", "8",
+        "--workers", "0", "--no-progress")
+    assert f"{store}: OK" in run("verify", store).stdout
+    (store / "models" / "pixels-32" / "pixels" / "c" / "1" / "0").unlink()
+    res = run("verify", store, code=1)
+    assert "pixels-32" in res.stderr and "1 problem(s) found" in res.stderr
+
+
+def test_strict_and_errors_are_one_line_with_exit_codes(chip_folder: Path, tmp_path: Path):
+    add_bad_images(chip_folder)
+    store = tmp_path / "s"
+    res = run("build", "--data", chip_folder, "--store", store, "--model", "pixels-32", "--workers", "0",
+              "--no-progress", "--strict", code=1)
+    assert res.stderr.startswith("Error: --strict: the build recorded failures")
+    res = run("build", "--data", chip_folder, "--store", store, "--model", "pixels-32", "--dtype", "float32",
+              "--workers", "0", "--no-progress", code=1)
+    assert "different spec" in res.stderr and "dtype: 'float16' -> 'float32'" in res.stderr
+    res = run("build", "--data", chip_folder, "--store", store, "--model", "dinov2-tiny", code=2)
+    assert res.stderr.startswith("Error: model 'dinov2-tiny' not found.") and "dinov2-small" in res.stderr
+    res = run("build", "--data", chip_folder, "--store", store, "--model", "pixels-32", "--model", "dinov2-small",
+              "--weights", tmp_path, "--weights", tmp_path, code=2)
+    assert "NAME=DIR" in res.output
+    res = run("info", tmp_path / "nowhere", code=1)
+    assert "no facestore store" in res.stderr
+
+
+def test_models_lists_dims_views_sources_and_licences():
+    res = run("models")
+    assert all(name in res.stdout for name in list_models())
+    assert "non-commercial research use only" in res.stdout
+    assert "dinov2-base        dinov2     views: cls 768, patch_mean 768" in res.stdout
+    specs = json.loads(run("models", "clip*", "--json").stdout)
+    assert [s["name"] for s in specs] == ["clip-vit-b-32"]
+    assert specs[0]["views"] == {"image": 512, "pooled": 768} and specs[0]["text"] is True
+    assert "non-commercial" not in run("models", "dino*").stdout
+    assert "no model matches" in run("models", "zzz*", code=2).stderr
+
+
+def test_doctor_reports_versions_devices_and_providers():
+    text = run("doctor").stdout
+    assert "torch" in text and "available providers" in text and "hub cache" in text
+    report = json.loads(run("doctor", "--json").stdout)
+    assert report["versions"]["zarr"] == __import__("zarr").__version__
+    assert "CPUExecutionProvider" in report["onnxruntime"]["available_providers"]
+    assert isinstance(report["torch"]["cuda_available"], bool) and "cpu_bf16" in report["torch"]
+    assert report["huggingface"]["offline"] is True  # the test run sets HF_HUB_OFFLINE=1
+
+
+@pytest.fixture(scope="module")
+def small_chips(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("registry") / "chips"
+    write_chips(root, {"Anna": {"p1": 2}, "Bob": {"p2": 2}, "Cleo": {"p3": 1}}, size=128, seed=7)
+    return root
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registry_model_builds_through_weights(name: str, small_chips: Path, tmp_path: Path):
+    weights = make_weights(name, tmp_path / "weights")
+    args = ["--data", small_chips, "--model", name, "--workers", "0", "--no-progress", "--batch-size", "2",
+            "--chunk-rows", "4", "--device", "cpu"]
+    if weights is not None:
+        args += ["--weights", weights]
+    run("build", "--store", tmp_path / "a", *args)
+    run("build", "--store", tmp_path / "b", *args)
+    a, b = facestore.open_store(tmp_path / "a"), facestore.open_store(tmp_path / "b")
+    expected = load_encoder(name, weights=None if weights is None else str(weights), device="cpu").resolved_spec()
+    stored = a.model_spec(name)
+    assert stored == json.loads(json.dumps(expected))
+    assert stored["name"] == name and a.views(name) == stored["views"]
+    assert (a.status(name) == 1).all()
+    for view, dim in a.views(name).items():
+        X, ids = a.load(name, view, dtype=None)
+        assert X.shape == (5, dim) and np.isfinite(X).all() and np.abs(X).sum() > 0
+        np.testing.assert_array_equal(X, b.load(name, view, dtype=None)[0])  # deterministic, bit for bit
+        assert np.array_equal(ids, b.index.image_ids)

@@ -1,0 +1,53 @@
+"""probes: linear, SupCon, zero-shot, ensemble and kNN probes on embeddings stored by facestore.
+
+In a notebook::
+
+    from probes import LinearSweep, load_xy, evaluate, make_split
+    split = make_split(store, by="identity", seed=0)
+    train = load_xy(store, "dinov2-base", split=split, subset="train")
+    ...
+
+Names are imported lazily so that ``import probes`` (and ``probes --help``) stays instant.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KNNProbe",
+    "LinearProbe",
+    "LinearSweep",
+    "SupConLoss",
+    "evaluate",
+    "evaluate_model",
+    "finish_experiment",
+    "load_xy",
+    "make_split",
+    "compare_results",
+]
+
+_LAZY = {
+    "LinearProbe": ("probes.linear", "LinearProbe"),
+    "LinearSweep": ("probes.linear", "LinearSweep"),
+    "load_xy": ("probes.data", "load_xy"),
+    "make_split": ("probes.splits", "make_split"),
+    # ``evaluate(scores, y_true, names=..., groups=..., train_labels=...)``: every metric, nothing written.
+    "evaluate": ("probes.evaluate", "run_evaluation"),
+    "finish_experiment": ("probes.evaluate", "finish_experiment"),
+    "evaluate_model": ("probes.metrics", "evaluate_model"),
+    "compare_results": ("probes.compare", "compare_results"),
+    "SupConLoss": ("probes.supcon", "SupConLoss"),
+    "KNNProbe": ("probes.knn", "KNNProbe"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'probes' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -33,7 +33,7 @@ def main(argv=None) -> str:
     model = torch.nn.Sequential(projection_mlp(768, 2048, 128), torch.nn.Linear(128, C)).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
-    sampler = MPerClassSampler(y, m=4, batch_size=1024)
+    sampler = MPerClassSampler(y, m=4, batch_size=head.batch_size_)  # the batches the head used
     seen, t0 = 0, time.perf_counter()
     for _ in range(epochs):
         for b in sampler:
@@ -45,7 +45,7 @@ def main(argv=None) -> str:
             seen += len(b)
     sps_ce = seen / (time.perf_counter() - t0)
     table = "\n".join([
-        f"# SupCon head throughput: {n:,} x 768, {C} classes, {epochs} epoch(s), batch 1024, MLP 768-2048-128, {dev}",
+        f"# SupCon head throughput: {n:,} x 768, {C} classes, {epochs} epoch(s), batch {head.batch_size_}, MLP 768-2048-128, {dev}",
         "",
         "| method | samples/s | ratio vs cross-entropy MLP |",
         "|---|---|---|",

@@ -97,7 +97,7 @@ def split_groups(store, by: str) -> tuple[np.ndarray | None, str | None, tuple[s
             groups, _ = store.load_identities(source)
         except KeyError as e:
             raise SplitError(
-                f"{e.args[0]}; derive pseudo-identities first (probes audit) or use --by identity"
+                f"{e.args[0]}; derive pseudo-identities first (`probes identities --store S --model arcface-r50 --threshold T`) or use --by identity"
             ) from None
         return np.asarray(groups), source, ("split by pseudo-identities (clusters), not true identities",)
     raise ProbeConfigError(f"by must be 'identity', 'image' or 'pseudo-identity:<name>', got {by!r}")

@@ -144,3 +144,37 @@ def test_bad_arguments_say_what_to_do(chip_folder: Path, tmp_path: Path):
     with pytest.raises(facestore.errors.WeightsNotFoundError, match="weight-free"):
         build_store(chip_folder, tmp_path / "s", "pixels-32", weights=tmp_path, workers=0, progress=False)
     assert not os.path.exists(tmp_path / "s" / "models" / "pixels-32")
+
+
+@pytest.fixture(scope="module")
+def tiny_dino(tmp_path_factory) -> Path:
+    from tests.tiny import make_weights
+
+    return make_weights("dinov2-small", tmp_path_factory.mktemp("dino"))
+
+
+def test_one_decode_for_many_models_equals_separate_builds(chip_folder: Path, tmp_path: Path, tiny_dino: Path):
+    both = build_store(chip_folder, tmp_path / "both", ["pixels-32", "dinov2-small"],
+                       weights={"dinov2-small": tiny_dino}, chunk_rows=8, batch_size=3, workers=1, progress=False)
+    assert both.rows_decoded == 18  # each image decoded once for both models
+    assert [m.rows_written for m in both.models] == [18, 18]
+    for m, w in (("pixels-32", None), ("dinov2-small", tiny_dino)):
+        build_store(chip_folder, tmp_path / m, m, weights=w, chunk_rows=8, batch_size=3, workers=0, progress=False)
+        a, b = facestore.open_store(tmp_path / "both"), facestore.open_store(tmp_path / m)
+        assert a.model_spec(m) == b.model_spec(m)
+        for view in a.views(m):
+            np.testing.assert_array_equal(a.load(m, view, dtype=None)[0], b.load(m, view, dtype=None)[0])
+
+
+def test_other_weights_are_refused_naming_the_difference(chip_folder: Path, tmp_path: Path, tiny_dino: Path):
+    import json
+    import shutil
+
+    build_store(chip_folder, tmp_path / "s", "dinov2-small", weights=tiny_dino, workers=0, progress=False)
+    other = tmp_path / "elsewhere" / tiny_dino.name
+    shutil.copytree(tiny_dino, other)
+    config = json.loads((other / "config.json").read_text())
+    config["layer_norm_eps"] = 1e-5
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SpecMismatchError, match=r"spec\.weights\.sha256: '[0-9a-f]+' -> '[0-9a-f]+'"):
+        build_store(chip_folder, tmp_path / "s", "dinov2-small", weights=other, workers=0, progress=False)

@@ -83,13 +83,17 @@ def split_cmd(store_path, by, val, test, seed, seeds):
               help="Permutation null: N refits with names shuffled across identities.")
 @click.option("--n-boot", default=1000, show_default=True, type=int, help="Bootstrap replicates of the CIs.")
 @click.option("--save-embeddings", is_flag=True, help="Also write embeddings.npy of the test rows.")
+@click.option("--forced-choice", is_flag=True,
+              help="Also report 2-/4-way forced choice (raw, prior-corrected, prior-only) in summary.json.")
+@click.option("--null-repeats", default=0, show_default=True, type=int,
+              help="Shuffled-name null repeats for the forced-choice scores.")
 @click.option("--device", default="auto", show_default=True, help="cpu | cuda | cuda:N | auto")
 @click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Results directory.")
 @click.option("--experiment", default=None, help="Experiment name (folder track3_{experiment}).")
 def linear_cmd(store_path, model, view, split_name, seed, seeds, by, names, min_images, balance, features,
-               weight_decays, lrs, epochs, batch_size, permutations, n_boot, save_embeddings, device, threads,
-               out, experiment):
+               weight_decays, lrs, epochs, batch_size, permutations, n_boot, save_embeddings, forced_choice,
+               null_repeats, device, threads, out, experiment):
     """Sweep, select on val, refit on train+val, evaluate on test once, write the result folder."""
     from probes.linear import LinearConfig, run_linear, run_linear_seeds
     from probes.splits import get_split
@@ -104,7 +108,7 @@ def linear_cmd(store_path, model, view, split_name, seed, seeds, by, names, min_
         model=model, view=view, names=names, min_images=min_images, balance=balance, features=features,
         weight_decays=floats(weight_decays) if weight_decays else None, lrs=floats(lrs), epochs=epochs,
         batch_size=batch_size, permutations=permutations, n_boot=n_boot, device=device, n_threads=threads,
-        save_embeddings=save_embeddings,
+        save_embeddings=save_embeddings, forced_choice=forced_choice, null_repeats=null_repeats,
     )
     try:
         store = _open(store_path, "r" if split_name else "a")

@@ -632,6 +632,8 @@ class LinearConfig:
     device: str = "auto"
     n_threads: int | None = None
     save_embeddings: bool = False
+    forced_choice: bool = False
+    null_repeats: int = 0
     random_state: int = 0
 
     def sweep(self, classes) -> LinearSweep:
@@ -727,6 +729,12 @@ def run_linear(
             "device": sweep.best_estimator_.device_,
         },
     }
+    extra = {"cv_results": sweep.cv_results_, "seed_group": seed_group}
+    if config.forced_choice:
+        from probes.forced_choice import forced_choice_report
+
+        extra["forced_choice"] = forced_choice_report(scores, te.y, train_labels=trainval_y, groups=te.groups,
+                                                      seed=config.random_state, null_repeats=config.null_repeats)
     warnings = []
     if sweep.edge_optimum_:
         warnings.append("the best weight decay / learning rate is still on the edge of the extended grid")
@@ -753,7 +761,7 @@ def run_linear(
         seed=config.random_state,
         permutation=permutation,
         warnings=warnings,
-        extra={"cv_results": sweep.cv_results_, "seed_group": seed_group},
+        extra=extra,
         log=log,
     )
 

@@ -38,7 +38,7 @@ def runs(stores, tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
     runner = CliRunner()
     summaries = {}
-    for key, extra in (("planted", []), ("null", ["--permutations", "3"]),
+    for key, extra in (("planted", ["--forced-choice"]), ("null", ["--permutations", "3"]),
                        ("noid", ["--balance", "logit-adjust", "--save-embeddings"])):
         res = runner.invoke(main, ["linear", "--store", str(stores[key].path), "--model", "toy", "--out", str(out),
                                    "--experiment", key, *FAST, *extra])
@@ -106,6 +106,16 @@ def test_planted_signal_beats_chance_with_a_ci_that_excludes_it(runs):
     assert p["ci_method"]["method"] == "cluster bootstrap over identities"
     assert p["split"]["hash"] and p["warnings"] == []
     assert p["probe"]["best_params"]["weight_decay"] in p["extra"]["cv_results"]["param_weight_decay"]
+
+
+def test_linear_forced_choice_reports_raw_corrected_and_prior_only(runs):
+    _, summ = runs
+    fc = summ["planted"]["extra"]["forced_choice"]
+    assert {(r["n_way"], r["foils"]) for r in fc} == {(2, "uniform"), (2, "popularity"), (4, "uniform"), (4, "popularity")}
+    two = next(r for r in fc if r["n_way"] == 2 and r["foils"] == "uniform")
+    assert two["prior_corrected"]["accuracy"] > 0.6  # the planted signal, with the name prior divided out
+    assert two["prior_corrected"]["ci_low"] <= two["prior_corrected"]["accuracy"] <= two["prior_corrected"]["ci_high"]
+    assert 0 <= two["prior_only"]["accuracy"] <= 1 and "forced_choice" not in summ["null"]["extra"]
 
 
 def test_names_shuffled_across_identities_look_like_chance(runs):

@@ -1,0 +1,529 @@
+"""``probes track3``: the whole Track 3 plan against one store, in the plan's priority order.
+
+Every experiment is declared as data in :mod:`probes.experiments`. For each experiment, name
+task and seed, :func:`run_track3`
+
+1. checks that the experiment's models (and, for zero-shot, its text embeddings) are in the
+   store and complete, and otherwise records it as *skipped* with the reason and the command
+   that would add the missing input;
+2. computes a fingerprint of its inputs (the stored model specs and their ok-row counts, the
+   split's content hash, the experiment's config, the text embeddings) and records it as
+   *unchanged* when the result folder already holds a complete result with that fingerprint;
+3. otherwise calls the probe family's ``run_*`` function, which writes the plan's result folder
+   ``track3_{experiment}_{task}`` (``-seed{k}`` with several seeds), and saves the fingerprint
+   (``fingerprint.json``) and the Track 3 lines of its ``run.log`` next to it.
+
+Finally :func:`probes.compare.compare_results` writes ``track3_comparison.md`` over every result
+folder, and a "Track 3 plan status" section (what ran, what was unchanged, what was skipped and
+why) is appended to it; the same status is written to ``track3_status.json`` and the whole
+session to ``track3_run.log``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from probes.experiments import EXPERIMENTS, Experiment, get_experiment
+
+__all__ = ["RunRecord", "Track3Report", "experiment_config", "input_fingerprint", "run_track3", "track3_command"]
+
+logger = logging.getLogger("probes.track3")
+
+FINGERPRINT_FILE = "fingerprint.json"
+FINGERPRINT_VERSION = 1
+STATUS_FILE = "track3_status.json"
+SESSION_LOG = "track3_run.log"
+STATUS_HEADING = "## Track 3 plan status"
+# Runtime choices that do not change what is computed (beyond float round-off), so changing
+# them does not invalidate a result.
+_RUNTIME_FIELDS = ("device", "n_threads")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What happened to one (experiment, name task, seed).
+
+    ``status`` is ``ran`` (result written now), ``unchanged`` (an up-to-date result was already
+    there), ``skipped`` (an input is missing: ``reason`` says which and how to add it) or
+    ``failed`` (the probe raised a probe or store error: ``reason`` is its message).
+    """
+
+    experiment: str
+    plan_ref: str
+    group: str
+    task: str
+    seed: int
+    status: str
+    reason: str = ""
+    folder: str = ""
+    models: tuple[str, ...] = ()
+    balanced_accuracy: float | None = None
+    chance: float | None = None
+    accuracy: float | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["models"] = list(self.models)
+        return d
+
+
+@dataclass(frozen=True)
+class Track3Report:
+    """The outcome of :func:`run_track3`: every record, and where the report is."""
+
+    out: Path
+    comparison: Path
+    records: tuple[RunRecord, ...]
+    seconds: float
+
+    def by_status(self, status: str) -> list[RunRecord]:
+        return [r for r in self.records if r.status == status]
+
+    @property
+    def ok(self) -> bool:
+        """True when no experiment failed (skipped ones are fine: their inputs are absent)."""
+        return not self.by_status("failed")
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def _family_config_class(family: str):
+    if family == "linear":
+        from probes.linear import LinearConfig
+
+        return LinearConfig
+    if family == "knn":
+        from probes.knn import KNNConfig
+
+        return KNNConfig
+    if family == "ensemble":
+        from probes.ensemble import EnsembleConfig
+
+        return EnsembleConfig
+    if family == "supcon":
+        from probes.supcon import SupConConfig
+
+        return SupConConfig
+    from probes.zeroshot import ZeroShotConfig
+
+    return ZeroShotConfig
+
+
+def experiment_config(exp: Experiment, *, models: Sequence[str], task: str, seed: int = 0, device: str = "auto",
+                      n_boot: int = 1000):
+    """The family config (``LinearConfig``, ``KNNConfig``, ...) that runs ``exp`` on ``task``.
+
+    ``models`` are the store models it runs on (for an ensemble, the present subset).
+    ``seed`` seeds the probe's initialisation and the bootstrap; the split has its own seed.
+    """
+    cls = _family_config_class(exp.family)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    opts = exp.option_dict()
+    kw: dict[str, Any] = {"names": task, "n_boot": n_boot, "device": device}
+    if exp.family == "ensemble":
+        kw["models"] = tuple(models)
+    else:
+        kw["model"] = models[0]
+        kw["view"] = exp.view
+    if exp.family == "zeroshot":
+        kw["template_set"] = exp.template_set
+    if exp.family == "supcon":
+        from probes.supcon import SupConHeadConfig
+
+        head_fields = {f.name for f in dataclasses.fields(SupConHeadConfig)}
+        head_opts = {k: opts.pop(k) for k in list(opts) if k in head_fields and k not in fields}
+        kw["head"] = SupConHeadConfig(**{**head_opts, "seed": seed})
+    elif "random_state" in fields:
+        kw["random_state"] = seed
+    unknown = sorted(set(opts) - fields)
+    if unknown:
+        raise ValueError(f"experiment {exp.name!r}: options {unknown} are not fields of {cls.__name__} "
+                         f"({', '.join(sorted(fields))})")
+    kw.update(opts)
+    return cls(**kw)
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def input_fingerprint(store, exp: Experiment, config, split, *, models: Sequence[str]) -> tuple[str, dict]:
+    """``(sha256, inputs)`` of everything an experiment's result depends on.
+
+    Inputs: the experiment's name and family, its family config (without runtime fields such as
+    the device), for every model the resolved spec stored with the vectors and the number of
+    ok rows, the split's name and content hash, and for zero-shot a hash of the stored text
+    embeddings with their templates and names.
+    """
+    cfg = _jsonable(config)
+    for k in _RUNTIME_FIELDS:
+        cfg.pop(k, None)
+    status = {m: store.status(m) for m in models}
+    inputs: dict[str, Any] = {
+        "version": FINGERPRINT_VERSION,
+        "experiment": exp.name,
+        "family": exp.family,
+        "config": cfg,
+        "models": {m: {"spec": _jsonable(store.model_spec(m)), "ok_rows": int((status[m] == 1).sum()),
+                       "rows": int(status[m].size)} for m in models},
+        "split": {"name": split.name, "hash": split.hash},
+    }
+    if exp.family == "zeroshot":
+        text = store.text_embeddings(models[0], exp.template_set)
+        h = hashlib.sha256(np.ascontiguousarray(text.embeddings, dtype=np.float32).tobytes())
+        h.update(json.dumps([list(text.names), list(text.templates), text.logit_scale, text.logit_bias]).encode())
+        inputs["text"] = {"template_set": exp.template_set, "sha256": h.hexdigest()}
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    return digest, inputs
+
+
+# --------------------------------------------------------------------------- availability
+
+
+def _model_problem(store, model: str, stored: set[str]) -> str | None:
+    if model not in stored:
+        return f"model {model} is not in the store"
+    st = store.status(model)
+    pending = int((st == 0).sum())
+    if pending:
+        return (f"model {model} is incomplete ({pending} of {st.size} rows pending); resume it with the same "
+                "`facestore build` command")
+    if not int((st == 1).sum()):
+        return f"model {model} has no successfully embedded image (see `facestore info`)"
+    return None
+
+
+def _available_models(store, exp: Experiment, stored: set[str]) -> tuple[tuple[str, ...], str | None]:
+    """The models ``exp`` runs on, or ``((), reason)`` when it cannot run on this store."""
+    problems = {m: _model_problem(store, m, stored) for m in exp.models}
+    present = tuple(m for m in exp.models if problems[m] is None)
+    if exp.family == "ensemble":
+        need = exp.min_models or len(exp.models)
+        if len(present) < need:
+            missing = "; ".join(p for p in problems.values() if p)
+            return (), (f"needs {need} of {', '.join(exp.models)}, {len(present)} usable ({missing}); "
+                        f"add them with: {exp.how_to_add}")
+        return present, None
+    problem = problems[exp.models[0]]
+    if problem:
+        return (), problem + (f"; add it with: {exp.how_to_add}" if "not in the store" in problem else "")
+    if exp.family == "zeroshot" and exp.template_set not in store.text_template_sets(exp.models[0]):
+        return (), (f"no text embeddings {exp.template_set!r} for {exp.models[0]}; add them with: "
+                    f"facestore text STORE --model {exp.models[0]}")
+    return present, None
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _run_family(store, exp: Experiment, config, split, out: Path, experiment: str, seed_group: str | None) -> dict:
+    if exp.family == "linear":
+        from probes.linear import run_linear
+
+        return run_linear(store, config=config, split=split, out=out, experiment=experiment, seed_group=seed_group)
+    if exp.family == "knn":
+        from probes.knn import run_knn
+
+        return run_knn(store, config=config, split=split, out=out, experiment=experiment)
+    if exp.family == "ensemble":
+        from probes.ensemble import run_ensemble
+
+        return run_ensemble(store, config=config, split=split, out=out, experiment=experiment)
+    if exp.family == "supcon":
+        from probes.supcon import run_supcon_head
+
+        return run_supcon_head(store, config=config, split=split, out=out, experiment=experiment)
+    from probes.zeroshot import run_zeroshot
+
+    return run_zeroshot(store, config=config, split=split, out=out, experiment=experiment)
+
+
+def _read_fingerprint(folder: Path) -> str | None:
+    path = folder / FINGERPRINT_FILE
+    if not (path.is_file() and (folder / "summary.json").is_file() and (folder / "predictions.npy").is_file()):
+        return None
+    try:
+        return json.loads(path.read_text()).get("fingerprint")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
+def _headline(summary: dict) -> dict:
+    return {"balanced_accuracy": summary["metrics"]["balanced_accuracy"], "chance": summary["chance"]["uniform"],
+            "accuracy": summary["metrics"]["accuracy"]}
+
+
+def _select(only: Sequence[str] | None) -> tuple[Experiment, ...]:
+    if not only:
+        return EXPERIMENTS
+    chosen = {get_experiment(n).name for n in only}  # unknown names raise with the list
+    return tuple(e for e in EXPERIMENTS if e.name in chosen)
+
+
+def run_track3(
+    store,
+    out: str | Path,
+    *,
+    names: Sequence[str] = ("top30", "all"),
+    seeds: int = 1,
+    seed: int = 0,
+    only: Sequence[str] | None = None,
+    device: str = "auto",
+    n_boot: int = 1000,
+    force: bool = False,
+    plots: bool = True,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> Track3Report:
+    """Run the Track 3 plan on ``store`` (a path or an open store); write results under ``out``.
+
+    ``names``: the name tasks (``all``, ``top30``, any ``topK``, a file of names); experiments
+    that fix their own task (``arcface_500`` runs ``all``) ignore it. ``seeds``: K
+    identity-disjoint splits (seeds ``seed`` .. ``seed + K - 1``); with K > 1 folders end in
+    ``-seed{k}`` and the linear experiments are grouped for mean and spread in the comparison.
+    ``only``: experiment names to run (default: all of :data:`probes.experiments.EXPERIMENTS`).
+    ``force`` re-runs experiments whose inputs did not change. ``echo`` receives one line per
+    step (default: the ``probes.track3`` logger).
+    """
+    from tqdm.auto import tqdm
+
+    from facestore import open_store
+    from facestore.errors import FacestoreError
+
+    from probes.errors import ProbeError
+    from probes.knn import task_slug
+    from probes.names import resolve_names
+    from probes.splits import get_split
+
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    names = [str(n).strip() for n in names if str(n).strip()]
+    if not names:
+        raise ValueError("give at least one name task, e.g. names=('top30', 'all')")
+    t_start = time.perf_counter()
+    st = store if hasattr(store, "model_spec") else open_store(store, mode="a")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    session_log = out / SESSION_LOG
+    emit = echo or logger.info
+
+    def say(line: str) -> None:
+        emit(line)
+        with session_log.open("a", encoding="utf-8") as fh:
+            fh.write(f"{_dt.datetime.now().isoformat(timespec='seconds')} {line}\n")
+
+    experiments = _select(only)
+    stored = set(st.models)
+    say(f"track3: store {st.path} ({st.n} images, models: {', '.join(sorted(stored)) or 'none'}); "
+        f"{len(experiments)} experiments, name tasks {', '.join(names)}, {seeds} seed(s) -> {out}")
+
+    task_errors: dict[str, str | None] = {}
+    for task in {t for e in experiments for t in (e.names or names)}:
+        try:
+            resolve_names(st, task)
+            task_errors[task] = None
+        except ProbeError as e:
+            task_errors[task] = str(e)
+
+    # Plan every unit first so that the progress bar has a true total.
+    units: list[tuple[Experiment, tuple[str, ...], str, int]] = []
+    records: list[RunRecord] = []
+    for exp in experiments:
+        models, reason = _available_models(st, exp, stored)
+        for task in exp.names or names:
+            for s in range(seed, seed + seeds):
+                if reason is None and task_errors[task]:
+                    reason_t = f"name task {task!r}: {task_errors[task]}"
+                else:
+                    reason_t = reason
+                if reason_t is not None:
+                    records.append(RunRecord(exp.name, exp.plan_ref, exp.group, task, s, "skipped", reason_t,
+                                             models=exp.models))
+                else:
+                    units.append((exp, models, task, s))
+    said: set[tuple[str, str]] = set()
+    for r in records:  # one line per experiment and reason, not per task and seed
+        if (r.experiment, r.reason) not in said:
+            said.add((r.experiment, r.reason))
+            say(f"skip {r.experiment}: {r.reason}")
+
+    splits: dict[int, Any] = {}
+    bar = tqdm(units, desc="track3", unit="experiment", disable=not progress)
+    for exp, models, task, s in bar:
+        slug = task_slug(task)
+        folder_name = f"{exp.name}_{slug}" + (f"-seed{s}" if seeds > 1 else "")
+        bar.set_postfix_str(folder_name)
+        folder = out / f"track3_{folder_name}"
+        base = dict(experiment=exp.name, plan_ref=exp.plan_ref, group=exp.group, task=task, seed=s,
+                    folder=str(folder), models=models)
+        t0 = time.perf_counter()
+        try:
+            if s not in splits:
+                splits[s] = get_split(st, by="identity", seed=s)
+            split = splits[s]
+            config = experiment_config(exp, models=models, task=task, seed=s, device=device, n_boot=n_boot)
+            digest, inputs = input_fingerprint(st, exp, config, split, models=models)
+            if not force and _read_fingerprint(folder) == digest:
+                summary = json.loads((folder / "summary.json").read_text())
+                records.append(RunRecord(**base, status="unchanged", reason="inputs unchanged since the last run",
+                                         **_headline(summary)))
+                say(f"unchanged {folder.name}: inputs (store spec, split {split.hash[:10]}, config) are the same")
+                continue
+            say(f"run {folder.name}: {exp.family} on {', '.join(models)}, split {split.name}")
+            seed_group = f"{exp.name}_{slug}" if seeds > 1 else None
+            summary = _run_family(st, exp, config, split, out, folder_name, seed_group)
+        except (ProbeError, FacestoreError) as e:
+            records.append(RunRecord(**base, status="failed", reason=f"{type(e).__name__}: {e}",
+                                     seconds=time.perf_counter() - t0))
+            say(f"FAILED {folder.name}: {type(e).__name__}: {e}")
+            continue
+        seconds = time.perf_counter() - t0
+        written = Path(summary["path"])
+        (written / FINGERPRINT_FILE).write_text(json.dumps(
+            {"fingerprint": digest, "inputs": inputs, "experiment": exp.name, "written": summary.get("created")},
+            indent=2, sort_keys=True) + "\n")
+        head = _headline(summary)
+        with (written / "run.log").open("a", encoding="utf-8") as fh:
+            fh.write(f"track3: experiment {exp.name} (plan {exp.plan_ref or exp.group}), task {task}, seed {s}, "
+                     f"models {', '.join(models)}\n")
+            fh.write(f"track3: input fingerprint {digest} (split {split.name}); {seconds:.1f} s\n")
+        records.append(RunRecord(**base, status="ran", seconds=seconds, **head))
+        say(f"done {folder.name}: balanced accuracy {head['balanced_accuracy']:.4f} (chance {head['chance']:.4f}), "
+            f"top-1 {head['accuracy']:.4f}, {seconds:.1f} s")
+    bar.close()
+
+    comparison = _write_report(out, records, n_boot=n_boot, plots=plots, say=say)
+    report = Track3Report(out=out, comparison=comparison, records=tuple(records),
+                          seconds=time.perf_counter() - t_start)
+    (out / STATUS_FILE).write_text(json.dumps(
+        {"store": str(st.path), "names": names, "seeds": seeds, "seconds": report.seconds,
+         "records": [r.to_dict() for r in records]}, indent=2) + "\n")
+    counts = {k: len(report.by_status(k)) for k in ("ran", "unchanged", "skipped", "failed")}
+    say(f"track3 finished in {report.seconds:.1f} s: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+        + f"; report: {comparison}")
+    return report
+
+
+def _status_markdown(records: Sequence[RunRecord]) -> str:
+    lines = [
+        STATUS_HEADING, "",
+        "Every experiment of the plan, in its priority order, with what `probes track3` did with it. "
+        "Skipped experiments lack an input in the store; the reason says how to add it.", "",
+        "| experiment | plan | task | seed | status | balanced acc. (chance) | reason |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        ba = "" if r.balanced_accuracy is None else f"{r.balanced_accuracy:.4f} ({r.chance:.4f})"
+        reason = r.reason.replace("|", "\\|")
+        lines.append(f"| {r.experiment} | {r.plan_ref or r.group} | {r.task} | {r.seed} | {r.status} | {ba} | {reason} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_report(out: Path, records: list[RunRecord], *, n_boot: int, plots: bool, say) -> Path:
+    from probes.compare import compare_results
+    from probes.results import find_results
+
+    md = out / "track3_comparison.md"
+    order = {e.name: i for i, e in enumerate(EXPERIMENTS)}
+    ordered = sorted(records, key=lambda r: (order.get(r.experiment, len(order)), r.task, r.seed))
+    status = _status_markdown(ordered)
+    if find_results(out):
+        md = Path(compare_results(out, n_boot=n_boot, plots=plots)["markdown"])
+        text = md.read_text(encoding="utf-8")
+        md.write_text(text.rstrip("\n") + "\n\n" + status, encoding="utf-8")
+    else:
+        md.write_text(
+            "# Track 3 comparison\n\nNo experiment could run on this store: every one lacks an input "
+            "(see the reasons below).\n\n" + status, encoding="utf-8")
+        say("no experiment could run; the report lists what each one needs")
+    return md
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _list_experiments() -> str:
+    lines = []
+    for e in EXPERIMENTS:
+        ref = f"plan {e.plan_ref}" if e.group == "plan" else (e.plan_ref or e.group)
+        lines.append(f"{e.name:<22} {e.family:<9} {', '.join(e.models):<44} {ref}")
+        lines.append(f"{'':<22} {e.summary}")
+    return "\n".join(lines)
+
+
+@click.command("track3")
+@click.option("--store", "store_path", default=None, type=click.Path(exists=True, file_okay=False),
+              help="The store (made with facestore build).")
+@click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="Results directory: track3_{experiment}_{task}/ folders and track3_comparison.md.")
+@click.option("--names", default="top30,all", show_default=True,
+              help="Comma-separated name tasks: all, top30 (any topK), or files with one name per line.")
+@click.option("--seeds", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Repeat over K identity-disjoint splits (seeds --seed .. --seed+K-1).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the first split.")
+@click.option("--only", default=None, help="Comma-separated experiment names (see --list); default: all.")
+@click.option("--device", default="auto", show_default=True, help="cpu | cuda | cuda:N | auto")
+@click.option("--n-boot", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Bootstrap replicates of every CI and of the paired comparisons.")
+@click.option("--force", is_flag=True, help="Re-run experiments whose inputs did not change.")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots of the comparison.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--list", "list_only", is_flag=True, help="List the plan's experiments and exit.")
+def track3_command(store_path, out, names, seeds, seed, only, device, n_boot, force, no_plots, no_progress, list_only):
+    """Run the Track 3 plan in its priority order; write every result folder and track3_comparison.md.
+
+    Experiments whose models are not in the store are skipped with the reason in the report;
+    experiments whose inputs (store spec, split hash, config) did not change are not re-run.
+    """
+    if list_only:
+        click.echo(_list_experiments())
+        return
+    if store_path is None:
+        raise click.UsageError("--store is required (or use --list to see the experiments)")
+    only_list = [n.strip() for n in only.split(",") if n.strip()] if only else None
+    if only_list:
+        try:
+            _select(only_list)
+        except KeyError as e:
+            raise click.BadParameter(str(e.args[0]), param_hint="--only") from None
+    from facestore.errors import FacestoreError
+
+    from probes.errors import ProbeError
+
+    try:
+        report = run_track3(store_path, out, names=names.split(","), seeds=seeds, seed=seed, only=only_list,
+                            device=device, n_boot=n_boot, force=force, plots=not no_plots,
+                            progress=not no_progress, echo=lambda line: click.echo(line, err=True))
+    except (ProbeError, FacestoreError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    counts = ", ".join(f"{len(report.by_status(k))} {k}" for k in ("ran", "unchanged", "skipped", "failed"))
+    click.echo(f"track3: {counts} -> {report.comparison}")
+    if not report.ok:
+        failed = "; ".join(f"{r.experiment} [{r.task}]: {r.reason}" for r in report.by_status("failed"))
+        raise click.ClickException(f"{len(report.by_status('failed'))} experiment(s) failed: {failed}")

@@ -301,7 +301,10 @@ def _load_timm_weights(spec: ModelSpec, weights: str | Path) -> tuple[Any, dict[
             raise WeightsNotFoundError(
                 f"{spec.name}: timm folder {str(path)!r} has config.json but no model.safetensors.{_pickled_hint(path)}"
             )
-        model = timm.create_model(f"local-dir:{path}", pretrained=True)
+        # Pass config.json's model_args explicitly too: timm releases before ~1.0.20 ignore them
+        # in local-dir folders and would build the default architecture size.
+        model_args = json.loads((path / "config.json").read_text()).get("model_args", {})
+        model = timm.create_model(f"local-dir:{path}", pretrained=True, **model_args)
         files = [path / "config.json", st]
     else:
         if path.is_dir():
@@ -459,6 +462,15 @@ def build_projector(layers: list[int]) -> Any:
     return torch.nn.Sequential(*mods)
 
 
+def _encoder_model_args(encoder: Any) -> dict[str, Any]:
+    """The constructor args timm records on a model (timm >= 1.0.2x), else just ``num_classes``."""
+    try:
+        from timm.models._input import get_model_args  # what timm itself exports to config.json
+    except ImportError:  # older timm records no args; stock architectures need only num_classes
+        return {"num_classes": int(encoder.num_classes)}
+    return dict(get_model_args(encoder, {}))
+
+
 def save_supcon_checkpoint(
     directory: str | Path,
     *,
@@ -467,32 +479,55 @@ def save_supcon_checkpoint(
     timm_model: str,
     preprocessing: Preprocessing,
     extra: dict[str, Any],
+    model_args: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a ``facestore-supcon`` v1 checkpoint (see the module docstring); returns the directory."""
+    """Write a ``facestore-supcon`` v1 checkpoint (see the module docstring); returns the directory.
+
+    ``model_args`` are the ``timm.create_model(timm_model, **model_args)`` arguments that rebuild
+    ``encoder`` (default: those timm recorded on it). The rebuild is checked before writing, so a
+    checkpoint that could not be loaded back is never written.
+    """
+    import timm
     from safetensors.torch import save_file
-    from timm.models._input import get_model_args  # the constructor args timm itself exports to config.json
 
     directory = Path(directory)
     layers = projector_layers(projector)
     if layers[0] != encoder.num_features:
         raise ValueError(f"projector input {layers[0]} != encoder features {encoder.num_features}")
-    model_args = _jsonable(get_model_args(encoder, {}))
+    args = _jsonable(dict(model_args) if model_args is not None else _encoder_model_args(encoder))
+    state = encoder.state_dict()
+    with torch_device("meta"):
+        rebuilt = timm.create_model(timm_model, pretrained=False, **args).state_dict()
+    mismatch = sorted(k for k in set(rebuilt) | set(state)
+                      if k not in rebuilt or k not in state or tuple(rebuilt[k].shape) != tuple(state[k].shape))
+    if mismatch:
+        raise ValueError(
+            f"timm.create_model({timm_model!r}, **{args}) does not rebuild this encoder (differs at {mismatch[:5]}); "
+            "pass model_args= with the arguments the encoder was created with"
+        )
     config = {
         "format": SUPCON_FORMAT,
         "version": SUPCON_VERSION,
         "timm_model": timm_model,
-        "model_args": model_args,
+        "model_args": args,
         "proj_layers": layers,
         "preprocessing": preprocessing.to_dict(),
         "extra": _jsonable(extra),
     }
     json.dumps(config)  # fail here, before writing anything, if `extra` is not JSON-able
-    tensors = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    tensors = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in state.items()}
     tensors.update({f"projector.{k}": v.detach().cpu().contiguous() for k, v in projector.state_dict().items()})
     directory.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(directory / SUPCON_WEIGHTS), metadata={"format": SUPCON_FORMAT})
     (directory / SUPCON_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return directory
+
+
+def torch_device(name: str) -> Any:
+    """``torch.device(name)`` as a context manager (``meta`` builds a model without allocating it)."""
+    import torch
+
+    return torch.device(name)
 
 
 def load_supcon_checkpoint(directory: str | Path) -> tuple[Any, Any, dict[str, Any]]:

@@ -15,6 +15,7 @@ the same code path as real weights:
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,10 @@ def make_timm(directory: Path, *, seed: int = 0) -> Path:
 
     out = directory / "timm_resnet50"
     save_for_hf(tiny_resnet50(seed=seed, num_classes=10), out, safe_serialization=True)
+    # timm >= 1.0.30 records the constructor args itself; older releases do not, so write them.
+    config = json.loads((out / "config.json").read_text())
+    config.setdefault("model_args", {k: list(v) if isinstance(v, tuple) else v for k, v in TINY_RESNET_ARGS.items()})
+    (out / "config.json").write_text(json.dumps(config, indent=2))
     return out
 
 
@@ -119,6 +124,7 @@ def make_supcon(directory: Path, *, seed: int = 0) -> Path:
     return save_supcon_checkpoint(
         directory / "supcon", encoder=encoder, projector=projector, timm_model="resnet50",
         preprocessing=preprocessing_from_timm(encoder), extra={"epochs": 0, "note": "tiny random test model"},
+        model_args={**TINY_RESNET_ARGS, "num_classes": 0},
     )
 
 

@@ -133,7 +133,9 @@ def experiment_config(exp: Experiment, *, models: Sequence[str], task: str, seed
     cls = _family_config_class(exp.family)
     fields = {f.name for f in dataclasses.fields(cls)}
     opts = exp.option_dict()
-    kw: dict[str, Any] = {"names": task, "n_boot": n_boot, "device": device}
+    kw: dict[str, Any] = {"names": task, "n_boot": n_boot}
+    if "device" in fields:  # zero-shot is a matrix product on the CPU: no device
+        kw["device"] = device
     if exp.family == "ensemble":
         kw["models"] = tuple(models)
     else:
@@ -233,6 +235,10 @@ def _available_models(store, exp: Experiment, stored: set[str]) -> tuple[tuple[s
     problem = problems[exp.models[0]]
     if problem:
         return (), problem + (f"; add it with: {exp.how_to_add}" if "not in the store" in problem else "")
+    views = store.views(exp.models[0])
+    if exp.view is not None and exp.view not in views:
+        return (), (f"model {exp.models[0]} in the store has no view {exp.view!r} (it has {', '.join(views)}); "
+                    "an imported group must use the registry's view names")
     if exp.family == "zeroshot" and exp.template_set not in store.text_template_sets(exp.models[0]):
         return (), (f"no text embeddings {exp.template_set!r} for {exp.models[0]}; add them with: "
                     f"facestore text STORE --model {exp.models[0]}")

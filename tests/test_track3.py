@@ -1,0 +1,175 @@
+"""``probes track3``: the plan as data, skip reasons, input fingerprints, every result folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from facestore import open_store
+from facestore.store.transfer import import_embeddings
+from probes.experiments import EXPERIMENTS, get_experiment
+from probes.track3 import (
+    FINGERPRINT_FILE,
+    STATUS_HEADING,
+    experiment_config,
+    run_track3,
+    track3_command,
+)
+from tests.synthetic import planted_store
+
+PLAN_ORDER = ["dinov2", "arcface_500", "ensemble", "supcon", "siglip", "clip_prompts", "dinov3"]
+
+
+def _store(path, *, seed=0):
+    """A planted-signal store holding pixels-32, random-vit-tiny (registry view names) and clip-vit-b-32."""
+    store = planted_store(path, n_names=6, images_per_person=4, dim=24, signal=1.5, models=(), seed=seed)
+    rng = np.random.default_rng(seed)
+    ids = store.index.image_ids
+    labels = np.asarray(store.index.labels)
+    means = rng.normal(size=(6, 24)) * 1.5
+    for model, view in (("pixels-32", "pixels"), ("random-vit-tiny", "cls"), ("clip-vit-b-32", "image")):
+        X = means[labels] + rng.normal(size=(len(ids), 24))
+        import_embeddings(store, model, embeddings=X.astype(np.float32), ids=ids, view=view, chunk_rows=64)
+    names = list(store.index.names)
+    text = means[:, None, :] + rng.normal(size=(6, 2, 24)) * 0.3  # 2 templates close to each name's mean
+    store.write_text_embeddings("clip-vit-b-32", template_set="plan", names=names,
+                                templates=["a photo of {}", "{}, a first name"], embeddings=text.astype(np.float32),
+                                logit_scale=100.0, logit_bias=None, spec={"name": "test text tower"})
+    return store
+
+
+def _run(store, out, **kw):
+    kw = {"names": ("all",), "n_boot": 50, "plots": False, "progress": False, "echo": lambda line: None, **kw}
+    return run_track3(store, out, **kw)
+
+
+def test_experiments_are_data_in_the_plans_priority_order():
+    names = [e.name for e in EXPERIMENTS]
+    assert len(set(names)) == len(names)
+    plan = [e.name for e in EXPERIMENTS if e.group == "plan"]
+    positions = [plan.index(n) for n in PLAN_ORDER]
+    assert positions == sorted(positions), "plan experiments must follow the plan's priority order"
+    assert names.index("dinov3") < names.index("dinov2_small") < names.index("pixels32")
+    for e in EXPERIMENTS:
+        for part in ("Purpose:", "Expected", "Command:"):
+            assert part in e.doc, f"{e.name}: docstring lacks {part!r}"
+        assert f"--only {e.name}" in e.doc or "probes track3" in e.doc
+        cfg = experiment_config(e, models=e.models, task="top30", seed=3, device="cpu", n_boot=10)
+        assert cfg.names == "top30" and cfg.n_boot == 10
+    assert experiment_config(get_experiment("dinov2_logit_adjust"), models=("dinov2-base",), task="all").balance == \
+        "logit-adjust"
+    with pytest.raises(KeyError, match="known: dinov2"):
+        get_experiment("dinov5")
+
+
+def test_track3_runs_what_the_store_holds_and_records_why_the_rest_was_skipped(tmp_path):
+    store = _store(tmp_path / "store")
+    out = tmp_path / "results"
+    only = ["dinov2", "arcface_500", "ensemble", "clip_prompts", "clip_linear", "pixels32", "ensemble_baselines",
+            "knn_random_vit_tiny"]
+    report = _run(store, out, only=only)
+    ran = {r.experiment for r in report.by_status("ran")}
+    assert ran == {"clip_prompts", "clip_linear", "pixels32", "ensemble_baselines", "knn_random_vit_tiny"}
+    skipped = {r.experiment: r.reason for r in report.by_status("skipped")}
+    assert set(skipped) == {"dinov2", "arcface_500", "ensemble"}
+    assert "dinov2-base is not in the store" in skipped["dinov2"]
+    assert "facestore build" in skipped["dinov2"]
+    assert "needs 2 of clip-vit-b-32, arcface-r50, dinov2-base, 1 usable" in skipped["ensemble"]
+    assert report.ok and not report.by_status("failed")
+    # Every run wrote the plan's folder, with its fingerprint and the track3 lines of its run log.
+    for r in report.by_status("ran"):
+        folder = out / f"track3_{r.experiment}_all"
+        assert r.folder == str(folder)
+        for f in ("config.json", "predictions.npy", "true_labels.npy", "names.json", "results.csv", "summary.json",
+                  "run.log", FINGERPRINT_FILE):
+            assert (folder / f).is_file(), f"{folder.name}/{f} missing"
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["metrics"]["balanced_accuracy"] == pytest.approx(r.balanced_accuracy)
+        assert np.load(folder / "predictions.npy").shape == np.load(folder / "true_labels.npy").shape
+        assert "track3: input fingerprint" in (folder / "run.log").read_text()
+    # The planted signal is found by the linear probe.
+    pix = next(r for r in report.records if r.experiment == "pixels32")
+    assert pix.balanced_accuracy > 2 * pix.chance
+    md = report.comparison.read_text()
+    assert report.comparison == out / "track3_comparison.md"
+    assert "pixels32_all" in md and STATUS_HEADING in md
+    assert "dinov2-base is not in the store" in md
+    status = json.loads((out / "track3_status.json").read_text())
+    assert {r["experiment"] for r in status["records"]} == set(only)
+    assert "skip dinov2:" in (out / "track3_run.log").read_text()
+
+
+def test_rerun_skips_unchanged_experiments_and_reruns_changed_inputs(tmp_path):
+    store = _store(tmp_path / "store")
+    out = tmp_path / "results"
+    only = ["pixels32", "random_vit_tiny", "clip_prompts"]
+    first = _run(store, out, only=only)
+    assert {r.experiment for r in first.by_status("ran")} == set(only)
+    stamps = {r.folder: (Path(r.folder) / "summary.json").stat().st_mtime_ns for r in first.records}
+
+    second = _run(store, out, only=only)
+    assert {r.experiment for r in second.by_status("unchanged")} == set(only)
+    assert not second.by_status("ran")
+    for r in second.records:
+        assert (Path(r.folder) / "summary.json").stat().st_mtime_ns == stamps[r.folder]
+        before = next(x for x in first.records if x.experiment == r.experiment)
+        assert r.balanced_accuracy == pytest.approx(before.balanced_accuracy)
+
+    # New vectors for one model (rebuilt after deleting its group) change its stored spec: only its
+    # experiment runs again.
+    shutil.rmtree(Path(store.path) / "models" / "random-vit-tiny")
+    store = open_store(store.path, mode="a")
+    ids = store.index.image_ids
+    X = np.random.default_rng(7).normal(size=(len(ids), 24)).astype(np.float32)
+    import_embeddings(store, "random-vit-tiny", embeddings=X, ids=ids, view="cls", chunk_rows=64)
+    third = _run(store, out, only=only)
+    assert {r.experiment for r in third.by_status("ran")} == {"random_vit_tiny"}
+    assert {r.experiment for r in third.by_status("unchanged")} == {"pixels32", "clip_prompts"}
+
+    # A changed config (bootstrap replicates) and --force both re-run.
+    assert {r.experiment for r in _run(store, out, only=["pixels32"], n_boot=60).by_status("ran")} == {"pixels32"}
+    assert {r.experiment for r in _run(store, out, only=["pixels32"], n_boot=60, force=True).by_status("ran")} == \
+        {"pixels32"}
+
+
+def test_unresolvable_name_task_is_skipped_with_its_reason(tmp_path):
+    store = _store(tmp_path / "store")
+    report = _run(store, tmp_path / "results", names=("top50", "top3"), only=["pixels32"])
+    by_task = {r.task: r for r in report.records}
+    assert by_task["top50"].status == "skipped"
+    assert "asks for 50 names" in by_task["top50"].reason
+    assert by_task["top3"].status == "ran"
+    assert (tmp_path / "results" / "track3_pixels32_top3" / "summary.json").is_file()
+
+
+def test_cli_track3_seeds_list_and_errors(tmp_path):
+    _store(tmp_path / "store")
+    runner = CliRunner()
+    res = runner.invoke(track3_command, ["--list"])
+    assert res.exit_code == 0
+    for e in EXPERIMENTS:
+        assert e.name in res.output
+
+    args = ["--store", str(tmp_path / "store"), "--out", str(tmp_path / "res"), "--names", "all", "--only",
+            "pixels32,dinov2", "--seeds", "2", "--n-boot", "30", "--no-plots", "--no-progress"]
+    res = runner.invoke(track3_command, args)
+    assert res.exit_code == 0, res.output
+    assert "2 ran, 0 unchanged, 2 skipped, 0 failed" in res.output
+    for s in (0, 1):
+        assert (tmp_path / "res" / f"track3_pixels32_all-seed{s}" / "summary.json").is_file()
+    data = json.loads((tmp_path / "res" / "comparison.json").read_text())
+    assert data["seed_groups"][0]["seed_group"] == "pixels32_all"
+    assert data["seed_groups"][0]["n_seeds"] == 2
+
+    res = runner.invoke(track3_command, args)
+    assert "0 ran, 2 unchanged" in res.output
+
+    res = runner.invoke(track3_command, ["--store", str(tmp_path / "store"), "--only", "dinov5"])
+    assert res.exit_code == 2 and "no Track 3 experiment 'dinov5'" in res.output
+    res = runner.invoke(track3_command, ["--out", str(tmp_path / "res")])
+    assert res.exit_code == 2 and "--store is required" in res.output

@@ -23,7 +23,7 @@ import logging
 import numpy as np
 
 from probes.errors import ProbeConfigError
-from probes.knn import DEFAULT_TEMPERATURE, knn_search, weighted_votes
+from probes.knn import DEFAULT_TEMPERATURE, knn_search
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,10 @@ Encoder training from images (the plan's timm ResNet-50 + projector) is
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 from sklearn.exceptions import NotFittedError

@@ -4,25 +4,23 @@ Views: ``cls`` (``last_hidden_state[:, 0]``, after the final layernorm) and ``pa
 of the patch tokens; DINOv3's register tokens, which sit between CLS and the patches, are
 excluded). Preprocessing is read from the checkpoint's own image processor.
 
-The helpers here (device and precision resolution, safetensors-only loading with clear
+The helpers here (safetensors-only loading with clear
 offline/gated errors, weights identity) are shared with :mod:`facestore.models.siglip`.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from facestore.errors import DeviceError, WeightsNotFoundError
+from facestore.errors import WeightsNotFoundError
 from facestore.models.base import Encoder, library_versions, sha256_of_files
 from facestore.models.preprocess import ImagePreprocessor, from_hf_processor, with_source
+from facestore.models.runtime import autocast_dtype, resolve_device, resolve_precision
 from facestore.models.spec import ModelSpec, Preprocessing
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # transformers ``config.model_type`` each family expects in a weights directory.
 _MODEL_TYPES = {"dinov2": "dinov2", "dinov3": "dinov3_vit"}
@@ -35,79 +33,6 @@ _IDENTITY_PATTERNS = ("*.safetensors", "*.json", "*.model")
 
 
 # ---------------------------------------------------------------- device and precision
-
-
-def resolve_device(device: str) -> Any:
-    """``auto|cpu|cuda|cuda:N`` -> ``torch.device``; CUDA asked for but missing raises ``DeviceError``."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"device {device!r} requested but torch sees no CUDA device (torch {torch.__version__}, "
-                f"built for CUDA {torch.version.cuda}); use --device cpu or --device auto, or install a CUDA build of torch"
-            )
-        dev = torch.device(device)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(
-                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist "
-                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
-            )
-        return dev
-    raise DeviceError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (x86 AVX512-BF16/AMX, Arm BF16).
-
-    Without it bf16 autocast is emulated and slower than fp32, so ``auto`` picks fp32.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except OSError:
-        return False
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def resolve_precision(precision: str, device: Any) -> str:
-    """``auto|fp32|bf16|fp16`` -> the compute precision actually used on ``device``.
-
-    ``auto``: bf16 autocast on CUDA (fp16 where bf16 is unsupported) and on CPUs with native bf16
-    (measured: cosine 1.0000 to fp32, 3x faster), else fp32. fp16 is CUDA-only.
-    """
-    import torch
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
-    cuda = device.type == "cuda"
-    if precision == "auto":
-        if cuda:
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    if precision == "fp16" and not cuda:
-        raise DeviceError("precision 'fp16' is CUDA-only (CPU fp16 autocast is slow and inexact); use bf16 or fp32")
-    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise DeviceError(f"precision 'bf16' is not supported by {torch.cuda.get_device_name(device)}; use fp16 or fp32")
-    return precision
-
-
-def autocast_dtype(precision: str) -> Any:
-    """The torch dtype autocast runs in for ``precision`` (``None`` for fp32: no autocast)."""
-    import torch
-
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 # ---------------------------------------------------------------- weights

@@ -27,7 +27,8 @@ import numpy as np
 from facestore.errors import WeightsNotFoundError
 from facestore.models.base import Encoder, library_versions, sha256_of_files
 from facestore.models.spec import ModelSpec, Preprocessing
-from facestore.models.timm_family import TorchEncoder, autocast, resolve_device, resolve_precision
+from facestore.models.runtime import autocast, resolve_device, resolve_precision
+from facestore.models.timm_family import TorchEncoder
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,6 @@ reads it back; nothing is ever unpickled.
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -48,13 +47,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from facestore.errors import DeviceError, WeightsNotFoundError
+from facestore.errors import WeightsNotFoundError
 from facestore.models.base import Encoder, library_versions, sha256_of_files
+from facestore.models.runtime import autocast, resolve_device, resolve_precision
 from facestore.models.spec import ModelSpec, Preprocessing
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SUPCON_FORMAT = "facestore-supcon"
 SUPCON_VERSION = 1
 SUPCON_CONFIG = "supcon_config.json"
@@ -64,65 +63,6 @@ SUPCON_WEIGHTS = "model.safetensors"
 # --------------------------------------------------------------------------------------------
 # Device and precision (shared by the torch families: timm, open_clip)
 # --------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str) -> Any:
-    """``auto|cpu|cuda|cuda:N`` -> a ``torch.device``; asking for CUDA without it raises DeviceError."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if re.fullmatch(r"cuda(:\d+)?", device or ""):
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"device {device!r} requested but torch sees no CUDA device (torch {torch.__version__}, "
-                f"built for CUDA {torch.version.cuda}); use --device cpu, or install a CUDA build of torch "
-                "that matches the driver"
-            )
-        dev = torch.device(device)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-        return dev
-    raise DeviceError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU runs bf16 natively (oneDNN's check: AVX-512 BF16 / AMX)."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: str, device: Any) -> str:
-    """``auto|fp32|bf16|fp16`` -> the compute precision actually used on ``device``.
-
-    ``auto`` is bf16 autocast on CUDA (when the GPU supports it) and on CPUs with native bf16,
-    fp32 otherwise: bf16 keeps cosine ~1.0 to fp32 for these encoders at 2-3x the speed.
-    """
-    import torch
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_supports_bf16() else "fp32"
-
-
-def autocast(device: Any, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context for a resolved precision (a no-op for fp32)."""
-    import torch
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def state_dict_sha256(module: Any) -> str:

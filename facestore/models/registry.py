@@ -165,7 +165,8 @@ register(ModelSpec(
     family="timm",
     source="resnet50.a1_in1k",
     views=(View("pooled", 2048, "global average pooled features before the classifier"),),
-    preprocessing=Preprocessing(size=(224, 224), resize="shortest_edge", resize_to=236, crop=(224, 224),
+    # timm's data config: crop_pct 0.95 -> short side floor(224 / 0.95) = 235, centre crop 224.
+    preprocessing=Preprocessing(size=(224, 224), resize="shortest_edge", resize_to=235, crop=(224, 224),
                                 interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD),
     licence="Apache-2.0 (timm)",
     description="ResNet-50 (timm a1 recipe, ImageNet-1k supervised)",
@@ -178,7 +179,9 @@ register(ModelSpec(
     source="insightface:buffalo_l/w600k_r50.onnx",
     views=(View("embedding", 512, "raw (unnormalised) ArcFace embedding; its norm tracks face quality"),),
     preprocessing=Preprocessing(size=(112, 112), resize="aligned", interpolation="bilinear",
-                                mean=(127.5 / 255,) * 3, std=(127.5 / 255,) * 3, channel_order="BGR"),
+                                # insightface takes BGR images and swaps them to RGB in blobFromImages,
+                                # so the network's input tensor is RGB: (x - 127.5) / 127.5.
+                                mean=(127.5 / 255,) * 3, std=(127.5 / 255,) * 3, channel_order="RGB"),
     licence="insightface model zoo: non-commercial research use only",
     description="ArcFace ResNet-50 (WebFace600K) from insightface's buffalo_l pack, via onnxruntime",
     pooling="network output (no pooling)",
@@ -202,8 +205,9 @@ register(ModelSpec(
     family="random_vit",
     source="timm:vit_tiny_patch16_224 (random init, seed 0)",
     views=(View("cls", 192, "CLS token of a randomly initialised ViT-Ti/16"),),
-    preprocessing=Preprocessing(size=(224, 224), resize="squash", interpolation="bicubic",
-                                mean=HALF_MEAN, std=HALF_STD),
+    # timm's data config for vit_tiny_patch16_224: crop_pct 0.9 -> short side 248, centre crop 224.
+    preprocessing=Preprocessing(size=(224, 224), resize="shortest_edge", resize_to=248, crop=(224, 224),
+                                interpolation="bicubic", mean=HALF_MEAN, std=HALF_STD),
     licence="none (no weights)",
     description="random-features baseline: an untrained ViT-Ti/16 with a fixed seed (also the demo's encoder)",
     pooling="cls token",
@@ -213,12 +217,12 @@ register(ModelSpec(
 register(ModelSpec(
     name="supcon-resnet50",
     family="supcon",
-    source="local checkpoint from `probes supcon --train-encoder` (pass --weights CKPT)",
+    source="local checkpoint from `probes supcon --train-encoder --checkpoint DIR` (pass --weights DIR)",
     views=(
         View("embedding", 2048, "SupCon-trained ResNet-50 encoder features (pooled), used for linear probes"),
         View("projection", 128, "projector output (the space the SupCon loss was trained in)"),
     ),
-    preprocessing=Preprocessing(size=(224, 224), resize="shortest_edge", resize_to=236, crop=(224, 224),
+    preprocessing=Preprocessing(size=(224, 224), resize="shortest_edge", resize_to=235, crop=(224, 224),
                                 interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD),
     licence="inherits the training data's terms",
     description="ResNet-50 + projector trained with supervised contrastive loss on the train split (experiment 3.4)",

@@ -282,8 +282,8 @@ def run_demo(
         echo(f"      {ds.n_images} images of {ds.n_people} people, {len(ds.names)} names "
              f"(people per name: {', '.join(f'{n} {c}' for n, c in zip(ds.names, ds.people_per_name))})")
     echo(f"[2/3] building {store_path} with {', '.join(DEMO_MODELS)} (weight-free, no download)")
-    build = build_store(data / "manifest.csv", store_path, list(DEMO_MODELS), device=device, workers=0,
-                        batch_size=32, chunk_rows=256, progress=progress)
+    build = build_store(data, store_path, list(DEMO_MODELS), device=device, workers=0,
+                        batch_size=32, progress=progress)
     echo("      " + build.summary().replace("\n", "\n      "))
     echo(f"[3/3] running probes track3 -> {results}")
     report = run_track3(store_path, results, names=settings.names, device=device, n_boot=settings.n_boot,
@@ -312,8 +312,7 @@ def _progress_bar(enabled: bool, unit: str):
     class _Bar:
         def update(self, done: int, total: int) -> None:
             bar.total = total
-            bar.n = done
-            bar.refresh()
+            bar.update(done - bar.n)  # tqdm rate-limits the redraws
 
         def close(self) -> None:
             bar.close()

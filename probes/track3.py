@@ -533,3 +533,7 @@ def track3_command(store_path, out, names, seeds, seed, only, device, n_boot, fo
     if not report.ok:
         failed = "; ".join(f"{r.experiment} [{r.task}]: {r.reason}" for r in report.by_status("failed"))
         raise click.ClickException(f"{len(report.by_status('failed'))} experiment(s) failed: {failed}")
+
+
+if __name__ == "__main__":  # `python -m probes.track3 ...` works before the `probes` group registers the command
+    track3_command()

@@ -538,7 +538,7 @@ def _build(data, store, names, *, weight_paths, model_options, batch_size, devic
                 for m in names:
                     runs.append(_load_run(m, st, load_encoder, Encoder, weight_paths[m], device, precision,
                                           model_options[m], dtype, chunk_rows))
-            except FacestoreError as e:
+            except Exception as e:  # any failure: the other ranks must hear of it, not wait at a barrier
                 if group is None:
                     raise
                 setup_error = e
@@ -569,9 +569,10 @@ def _build(data, store, names, *, weight_paths, model_options, batch_size, devic
         try:
             rows_decoded = _run_chunks(runs, paths, batch_size=batch_size, workers=workers, device=device,
                                        progress=progress, locks=locks, desc=f"{rank_tag}extract")
-        except FacestoreError as e:
+        except Exception as e:  # reported to every rank through the final gather
             if group is None:
                 raise
+            log.exception("%sextraction failed", rank_tag)
             error, rows_decoded = f"rank {group.ctx.rank}: {type(e).__name__}: {e}", 0
         seconds = time.perf_counter() - t_start
 

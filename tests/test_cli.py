@@ -152,3 +152,18 @@ def test_every_registry_model_builds_through_weights(name: str, small_chips: Pat
         assert X.shape == (5, dim) and np.isfinite(X).all() and np.abs(X).sum() > 0
         np.testing.assert_array_equal(X, b.load(name, view, dtype=None)[0])  # deterministic, bit for bit
         assert np.array_equal(ids, b.index.image_ids)
+
+
+def test_arcface_options_reach_the_encoder_and_are_part_of_the_spec(small_chips: Path, tmp_path: Path):
+    weights = make_weights("arcface-r50", tmp_path / "w")
+    store = tmp_path / "s"
+    common = ["--data", small_chips, "--store", store, "--model", "arcface-r50", "--weights", weights,
+              "--workers", "0", "--no-progress", "--device", "cpu"]
+    res = run("build", *common, "--arcface-align", "center")
+    assert "arcface-r50: 5 rows written" in res.stdout
+    assert facestore.open_store(store).model_spec("arcface-r50")["options"]["arcface_align"] == "center"
+    res = run("build", *common, code=1)  # default: detect, a different preprocessing
+    assert "options.arcface_align: 'center' -> 'detect'" in res.stderr
+    res = run("build", "--data", small_chips, "--store", tmp_path / "p", "--model", "pixels-32",
+              "--arcface-align", "center", code=1)
+    assert "applies to none of the models" in res.stderr

@@ -31,7 +31,7 @@ class PixelsPreprocessor:
         import torch
         import torch.nn.functional as F
 
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(torch.float32)
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous().to(torch.float32)
         # Average the uint8 values first and divide once: the same numbers on every machine.
         x = F.interpolate(x[None], size=self.size, mode="area")[0]
         return x / 255.0

@@ -262,7 +262,6 @@ def run_demo(
     the experiments whose inputs did not change. Nothing is downloaded.
     """
     from facestore.build import build_store
-
     from probes.track3 import run_track3
 
     settings = QUICK_SETTINGS if quick else DEMO_SETTINGS

@@ -321,7 +321,6 @@ def run_track3(
 
     from facestore import open_store
     from facestore.errors import FacestoreError
-
     from probes.errors import ProbeError
     from probes.knn import task_slug
     from probes.names import resolve_names
@@ -386,8 +385,8 @@ def run_track3(
         folder_name = f"{exp.name}_{slug}" + (f"-seed{s}" if seeds > 1 else "")
         bar.set_postfix_str(folder_name)
         folder = out / f"track3_{folder_name}"
-        base = dict(experiment=exp.name, plan_ref=exp.plan_ref, group=exp.group, task=task, seed=s,
-                    folder=str(folder), models=models)
+        base = {"experiment": exp.name, "plan_ref": exp.plan_ref, "group": exp.group, "task": task, "seed": s,
+                "folder": str(folder), "models": models}
         t0 = time.perf_counter()
         try:
             if s not in splits:
@@ -439,8 +438,8 @@ def run_track3(
 def _status_markdown(records: Sequence[RunRecord]) -> str:
     lines = [
         STATUS_HEADING, "",
-        "Every experiment of the plan, in its priority order, with what `probes track3` did with it. "
-        "Skipped experiments lack an input in the store; the reason says how to add it.", "",
+        ("Every experiment of the plan, in its priority order, with what `probes track3` did with it. "
+         "Skipped experiments lack an input in the store; the reason says how to add it."), "",
         "| experiment | plan | task | seed | status | balanced acc. (chance) | reason |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -519,7 +518,6 @@ def track3_command(store_path, out, names, seeds, seed, only, device, n_boot, fo
         except KeyError as e:
             raise click.BadParameter(str(e.args[0]), param_hint="--only") from None
     from facestore.errors import FacestoreError
-
     from probes.errors import ProbeError
 
     try:

@@ -11,7 +11,13 @@ import pytest
 from PIL import Image
 
 from facestore.dataset import scan_dataset
-from facestore.demo import DISCLAIMER, QUICK_SETTINGS, make_synthetic_chips, run_demo, zipf_people
+from facestore.demo import (
+    DISCLAIMER,
+    QUICK_SETTINGS,
+    make_synthetic_chips,
+    run_demo,
+    zipf_people,
+)
 
 
 def _rows(manifest: Path) -> list[dict]:

@@ -293,7 +293,7 @@ def run_demo(
         echo(f"best: {best.experiment} [{best.task}] balanced accuracy {best.balanced_accuracy:.3f} "
              f"against chance {best.chance:.3f}")
     skipped = {r.experiment for r in report.by_status("skipped")}
-    echo(f"{len(skipped)} plan experiments were skipped because their models are not in this store "
+    echo(f"{len(skipped)} experiments were skipped because their models are not in this store "
          "(the report lists what each needs).")
     echo(f"report: {report.comparison}")
     echo(DISCLAIMER)

@@ -167,3 +167,13 @@ def test_arcface_options_reach_the_encoder_and_are_part_of_the_spec(small_chips:
     res = run("build", "--data", small_chips, "--store", tmp_path / "p", "--model", "pixels-32",
               "--arcface-align", "center", code=1)
     assert "applies to none of the models" in res.stderr
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_end_to_end(tmp_path: Path):
+    res = run("demo", tmp_path / "demo", "--quick", "--no-progress", "--device", "cpu")
+    report = tmp_path / "demo" / "results" / "track3_comparison.md"
+    assert f"report: {report}" in res.stdout and report.is_file()
+    store = facestore.open_store(tmp_path / "demo" / "store")
+    assert store.models == ["pixels-32", "random-vit-tiny"]
+    assert all((store.status(m) == 1).all() for m in store.models)

@@ -31,8 +31,8 @@ _LAZY = {
     "load_xy": ("probes.data", "load_xy"),
     "make_split": ("probes.splits", "make_split"),
     # ``evaluate(scores, y_true, names=..., groups=..., train_labels=...)``: every metric, nothing written.
-    "evaluate": ("probes.evaluate", "run_evaluation"),
-    "finish_experiment": ("probes.evaluate", "finish_experiment"),
+    "evaluate": ("probes.evaluation", "run_evaluation"),
+    "finish_experiment": ("probes.evaluation", "finish_experiment"),
     "evaluate_model": ("probes.metrics", "evaluate_model"),
     "compare_results": ("probes.compare", "compare_results"),
     "SupConLoss": ("probes.supcon", "SupConLoss"),

@@ -155,7 +155,7 @@ def run_audit(store, *, model: str, split, out, threshold: float, view: str | No
     import time
 
     from probes.data import load_xy
-    from probes.evaluate import finish_experiment
+    from probes.evaluation import finish_experiment
     from probes.knn import task_slug
     from probes.names import resolve_names
 

@@ -11,6 +11,7 @@ import sys
 import click
 
 from probes.cli_families import COMMANDS
+from probes.track3 import track3_command
 
 
 def _open(path: str, mode: str):
@@ -156,6 +157,7 @@ def compare_cmd(results_dir, n_boot, no_plots):
 
 for _command in COMMANDS:
     main.add_command(_command)
+main.add_command(track3_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

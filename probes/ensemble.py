@@ -199,7 +199,7 @@ def run_ensemble(store, *, config: EnsembleConfig, split, out, experiment: str |
     """
     import time
 
-    from probes.evaluate import finish_experiment
+    from probes.evaluation import finish_experiment
     from probes.knn import task_slug
     from probes.linear import LinearConfig
     from probes.names import resolve_names

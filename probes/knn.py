@@ -263,7 +263,7 @@ def run_knn(store, *, config: KNNConfig, split, out, experiment: str | None = No
     ``config.ks`` is reported in ``summary["extra"]["per_k"]`` from the same search.
     """
     from probes.data import load_xy
-    from probes.evaluate import finish_experiment
+    from probes.evaluation import finish_experiment
     from probes.metrics import accuracy, balanced_accuracy
     from probes.names import resolve_names
 

@@ -668,11 +668,11 @@ def run_linear(
     across train+val identities (test labels kept) to give a permutation null.
     ``seed_group`` names the multi-seed experiment this run belongs to (``probes compare``
     reports mean and spread over a group). Returns the summary (see
-    :func:`probes.evaluate.finish_experiment`).
+    :func:`probes.evaluation.finish_experiment`).
     """
     from probes import stats
     from probes.data import load_xy
-    from probes.evaluate import finish_experiment
+    from probes.evaluation import finish_experiment
     from probes.metrics import balanced_accuracy
     from probes.names import resolve_names
 

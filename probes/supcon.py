@@ -468,7 +468,7 @@ def run_supcon_head(store, *, config: SupConConfig, split, out, experiment: str 
     scores test once, exactly as the plain linear probe does on the raw features.
     """
     from probes.data import load_xy
-    from probes.evaluate import finish_experiment
+    from probes.evaluation import finish_experiment
     from probes.knn import task_slug
     from probes.linear import LinearConfig
     from probes.names import resolve_names

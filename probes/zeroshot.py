@@ -261,7 +261,7 @@ def run_zeroshot(store, *, config: ZeroShotConfig, split, out, experiment: str |
     import time
 
     from probes.data import load_xy
-    from probes.evaluate import finish_experiment
+    from probes.evaluation import finish_experiment
     from probes.knn import task_slug
     from probes.metrics import balanced_accuracy
     from probes.names import resolve_names

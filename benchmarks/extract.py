@@ -22,6 +22,7 @@ import argparse
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -225,11 +226,13 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    header = (f"# Extraction benchmark\n\nMachine: {platform.processor() or platform.machine()}, "
-              f"{os.cpu_count()} CPUs, torch {torch.__version__}, device {device}, batch {args.batch_size}, "
-              f"{n} main chips of 512x512 JPEG, random weights at real size. Command: "
-              f"`python benchmarks/extract.py{' --quick' if args.quick else ''}"
-              f"{'' if args.device == 'auto' else ' --device ' + args.device}`\n\n")
+    from facestore.doctor import doctor_report
+
+    cpu = doctor_report()["torch"]
+    header = (f"# Extraction benchmark\n\nMachine: {platform.machine()}, {os.cpu_count()} CPUs "
+              f"({cpu.get('cpu_capability')}, CPU bf16: {cpu.get('cpu_bf16')}), torch {torch.__version__}, "
+              f"device {device}, batch {args.batch_size}, {n} main chips of 512x512 JPEG, random weights at "
+              f"real size. Command: `python benchmarks/extract.py {' '.join(sys.argv[1:])}`\n\n")
     table = ["| ours | baseline | ours images/s | baseline images/s | ratio | target |", "|---|---|---|---|---|---|"]
     for name_a, name_b, ya, yb, target in rows:
         table.append(f"| {name_a} | {name_b} | {ya:.2f} | {yb:.2f} | {ya / yb:.2f} | {target} |")

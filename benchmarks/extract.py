@@ -179,7 +179,7 @@ def forward_only(paths: list[Path], model: str, weights: Path, *, device: str, b
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=64, help="chips for the main rows")
-    ap.add_argument("--family-images", type=int, default=16, help="chips for each per-family row")
+    ap.add_argument("--family-images", type=int, default=32, help="chips for each per-family row")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--device", default="auto")

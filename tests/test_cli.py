@@ -177,3 +177,13 @@ def test_demo_quick_runs_end_to_end(tmp_path: Path):
     store = facestore.open_store(tmp_path / "demo" / "store")
     assert store.models == ["pixels-32", "random-vit-tiny"]
     assert all((store.status(m) == 1).all() for m in store.models)
+
+
+def test_doctor_warns_when_both_onnxruntime_packages_are_installed(monkeypatch):
+    import facestore.doctor as doctor
+
+    real = doctor._version
+    monkeypatch.setattr(doctor, "_version", lambda dist: "1.31.1" if dist == "onnxruntime-gpu" else real(dist))
+    res = run("doctor")
+    assert "both onnxruntime and onnxruntime-gpu are installed" in res.stdout
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu" in res.stdout

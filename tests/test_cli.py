@@ -187,3 +187,21 @@ def test_doctor_warns_when_both_onnxruntime_packages_are_installed(monkeypatch):
     res = run("doctor")
     assert "both onnxruntime and onnxruntime-gpu are installed" in res.stdout
     assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu" in res.stdout
+
+
+def test_chips_without_a_face_are_recorded_or_centre_cropped(tmp_path: Path):
+    from PIL import Image
+
+    root = tmp_path / "chips"
+    write_chips(root, {"Anna": {"p1": 2}, "Bob": {"p2": 1}}, size=128, seed=2)
+    # The tiny detector reports its face only when some pixel is brighter than mid-grey.
+    Image.fromarray(np.full((128, 128, 3), 40, np.uint8)).save(root / "Bob" / "p2" / "dark.jpg")
+    weights = make_weights("arcface-r50", tmp_path / "w")
+    common = ["--data", root, "--model", "arcface-r50", "--weights", weights, "--workers", "1", "--no-progress"]
+    res = run("build", "--store", tmp_path / "rec", *common)
+    assert "arcface-r50: 3 rows written" in res.stdout and "no_face 1" in res.stdout
+    assert [(i, r) for i, r, _ in facestore.open_store(tmp_path / "rec").failures("arcface-r50")] == \
+        [("Bob/p2/dark.jpg", "no_face")]
+    run("build", "--store", tmp_path / "strict", *common, "--strict", code=1)
+    res = run("build", "--store", tmp_path / "fallback", *common, "--no-face", "center")
+    assert "arcface-r50: 4 rows written" in res.stdout and "failures this run: none" in res.stdout

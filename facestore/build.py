@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from facestore.errors import BuildError, FacestoreError, ImageDecodeError, PreprocessFailure
+from facestore.errors import BuildError, ImageDecodeError, PreprocessFailure
 
 log = logging.getLogger("facestore.build")
 
@@ -621,7 +621,8 @@ def _build(data, store, names, *, weight_paths, model_options, batch_size, devic
             versions=_versions(),
         )
     if is_main:
-        log.info("%s", report.summary())
+        # DEBUG: the CLI prints the summary itself; a notebook has ``report.summary()``.
+        log.debug("%s", report.summary())
     if strict and report.failed:
         fails = "; ".join(f"{m.model}: " + ", ".join(f"{r} {n}" for r, n in m.failures_total.items())
                           for m in report.models if m.failures_total)

@@ -66,7 +66,7 @@ def test_bad_images_are_recorded_and_the_build_finishes(chip_folder: Path, tmp_p
     store = facestore.open_store(tmp_path / "s")
     status = store.status("pixels-32")
     rows = store.rows_of(list(expected))
-    got = {i: layout.STATUS_CODES[int(status[r])] for i, r in zip(expected, rows)}
+    got = {i: layout.STATUS_CODES[int(status[r])] for i, r in zip(expected, rows, strict=True)}
     assert got == expected
     failures = {i: (reason, detail) for i, reason, detail in store.failures("pixels-32")}
     assert set(failures) == {i for i, r in expected.items() if r != "ok"}

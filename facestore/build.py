@@ -165,10 +165,6 @@ class ChunkDecoder:
                 for m in wanted:
                     failures[m][row] = (e.reason, e.detail)
                 continue
-            if not pixels.flags.writeable:
-                # PIL-backed arrays are read-only, and torch.from_numpy warns about those; one copy
-                # here serves every model (preprocessors must not modify their input).
-                pixels = pixels.copy()
             for m in wanted:  # one decode, every model's own preprocessing
                 try:
                     items[m].append(self.preprocessors[m](pixels))

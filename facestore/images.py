@@ -101,4 +101,6 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         img = Image.alpha_composite(bg, rgba)
     if img.mode != "RGB":
         img = img.convert("RGB")
-    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+    # np.array copies into a writable array (np.asarray would be a read-only view of PIL's
+    # buffer, which torch.from_numpy warns about downstream).
+    return np.array(img, dtype=np.uint8)

@@ -27,6 +27,7 @@ def test_modes_decode_to_rgb_uint8(mode, fmt):
     img = Image.new(mode, (20, 10))
     out = decode_bytes(_encode(img, fmt))
     assert out.shape == (10, 20, 3) and out.dtype == np.uint8
+    assert out.flags.writeable and out.flags.c_contiguous  # torch.from_numpy takes it without a warning
 
 
 def test_16bit_grayscale_scales_instead_of_clipping():

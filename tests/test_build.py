@@ -57,6 +57,22 @@ def test_pixels_build_stores_the_reference_values(chip_folder: Path, tmp_path: P
     assert "interpolate(mode='area')" in spec["preprocessing"]["implementation"]
 
 
+def test_pixels_fast_block_path_equals_area_interpolation():
+    import torch
+    import torch.nn.functional as F
+
+    from facestore.models import load_encoder
+
+    pre = load_encoder("pixels-32").preprocessor()
+    rng = np.random.default_rng(0)
+    for shape in ((512, 512, 3), (96, 64, 3), (50, 70, 3)):  # integer ratios (fast path), and not
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        ref = F.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None].float(), size=(32, 32), mode="area")[0] / 255
+        got = pre(img)
+        assert got.shape == (3, 32, 32) and got.dtype == torch.float32
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+
+
 def test_bad_images_are_recorded_and_the_build_finishes(chip_folder: Path, tmp_path: Path):
     expected = add_bad_images(chip_folder)
     report = build_store(chip_folder, tmp_path / "s", ["pixels-32"], chunk_rows=8, workers=1, progress=False)

@@ -16,8 +16,10 @@ from facestore.models.base import Encoder, library_versions
 from facestore.models.spec import ModelSpec
 
 _IMPLEMENTATION = (
-    "uint8 RGB (H, W, 3) -> float32 -> torch.nn.functional.interpolate(mode='area') to 32x32 "
-    "(adaptive average pooling, i.e. OpenCV INTER_AREA for integer ratios) -> / 255 -> flatten HWC"
+    "uint8 RGB (H, W, 3) -> area resize to 32x32: when 32 divides H and W, exact integer sums of "
+    "the (H/32 x W/32) blocks divided by the block size; otherwise float32 "
+    "torch.nn.functional.interpolate(mode='area') (adaptive average pooling, OpenCV INTER_AREA) "
+    "-> / 255 -> flatten HWC"
 )
 
 
@@ -31,6 +33,18 @@ class PixelsPreprocessor:
         import torch
         import torch.nn.functional as F
 
+        h, w, _ = image.shape
+        sh, sw = self.size
+        if h % sh == 0 and w % sw == 0:
+            # The usual case (512 chips): block sums in integers are exact and about 10x faster
+            # than converting the whole chip to float for adaptive pooling.
+            fh, fw = h // sh, w // sw
+            # Rows of each block first (a contiguous reduction), then columns: 10x faster than
+            # one multi-axis reduce, and the integer sums are the same.
+            rows = np.ascontiguousarray(image).reshape(sh, fh, w * 3).sum(axis=1, dtype=np.uint32)
+            sums = rows.reshape(sh, sw, fw, 3).sum(axis=2)
+            blocks = sums.astype(np.float32) / np.float32(fh * fw * 255.0)
+            return torch.from_numpy(np.ascontiguousarray(blocks.transpose(2, 0, 1)))
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous().to(torch.float32)
         # Average the uint8 values first and divide once: the same numbers on every machine.
         x = F.interpolate(x[None], size=self.size, mode="area")[0]

@@ -248,7 +248,8 @@ def export(store_path, model, view, out) -> None:
 @click.option("--model", required=True, help="a model with a text tower (clip-vit-b-32, siglip-base)")
 @click.option("--templates", "templates_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="one template per line with {} for the name [default: the plan's five]")
-@click.option("--template-set", default=None, help="name to store them under [default: plan, or the file's stem]")
+@click.option("--template-set", default=None, help="name to store them under; without --templates, a built-in set: plan (default) or "
+              "name-tailored [default: plan, or the file's stem]")
 @click.option("--weights", type=click.Path(exists=True), default=None, help="local weights directory")
 @click.option("--device", default="auto", show_default=True)
 def text(store_path, model, templates_file, template_set, weights, device) -> None:

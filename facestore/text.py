@@ -26,6 +26,22 @@ PLAN_TEMPLATES: tuple[str, ...] = (
     "a portrait of {}",
 )
 
+#: Prompts that say the name is the pictured person's *first* name, not a celebrity's full name.
+NAME_TAILORED_TEMPLATES: tuple[str, ...] = (
+    "a photo of a person whose first name is {}",
+    "a close-up face photo of someone named {}",
+    "a headshot of a person called {}",
+    "my first name is {}",
+    "a passport photo of {}",
+    "hi, my name is {}",
+)
+
+#: Built-in template sets, by the name they are stored under (``--template-set``).
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "plan": PLAN_TEMPLATES,
+    "name-tailored": NAME_TAILORED_TEMPLATES,
+}
+
 
 class TemplateError(FacestoreError, ValueError):
     """Prompt templates that cannot be used (no ``{}`` slot, empty file, duplicates)."""
@@ -88,7 +104,8 @@ def build_text_embeddings(
     """Encode every name x template with ``model``'s text tower and store it as ``template_set``.
 
     ``store`` is a path or an open store; the names are the store index's names (label order).
-    ``templates`` defaults to :data:`PLAN_TEMPLATES`. Writing the same set again replaces it.
+    ``templates`` defaults to the built-in set named ``template_set`` (:data:`TEMPLATE_SETS`:
+    the plan's five, or ``name-tailored``). Writing the same set again replaces it.
     """
     from facestore.models import get_spec, load_encoder
     from facestore.models.base import TextTowerError
@@ -97,7 +114,14 @@ def build_text_embeddings(
     spec = get_spec(model)
     if not spec.text:
         raise TextTowerError(model)
-    templates = check_templates(PLAN_TEMPLATES if templates is None else templates)
+    if templates is None:
+        if template_set not in TEMPLATE_SETS:
+            raise TemplateError(
+                f"no built-in template set {template_set!r} (built in: {', '.join(TEMPLATE_SETS)}); "
+                "pass --templates FILE to store your own under that name"
+            )
+        templates = TEMPLATE_SETS[template_set]
+    templates = check_templates(templates)
     st = store if isinstance(store, Store) else open_store(store, mode="a")
     names = list(st.index.names)
     if not names:

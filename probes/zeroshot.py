@@ -27,31 +27,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn.exceptions import NotFittedError
 
+# The template sets live beside the text embeddings they produce (facestore.text), so that the
+# stored prompts and the probes' names for them cannot drift apart.
+from facestore.text import NAME_TAILORED_TEMPLATES, PLAN_TEMPLATES, TEMPLATE_SETS
 from probes.errors import ProbeConfigError
-
-# The plan's five templates (experiment 3.5), verbatim.
-PLAN_TEMPLATES: tuple[str, ...] = (
-    "a photo of a person named {}",
-    "a face photo of someone called {}",
-    "{}, a common first name",
-    "this person's name is {}",
-    "a portrait of {}",
-)
-
-# Prompts that say the name is a *first name* of the pictured person, not a celebrity's full name.
-NAME_TAILORED_TEMPLATES: tuple[str, ...] = (
-    "a photo of a person whose first name is {}",
-    "a close-up face photo of someone named {}",
-    "a headshot of a person called {}",
-    "my first name is {}",
-    "a passport photo of {}",
-    "hi, my name is {}",
-)
-
-TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
-    "plan": PLAN_TEMPLATES,
-    "name-tailored": NAME_TAILORED_TEMPLATES,
-}
 
 PRIOR_CORRECTIONS = ("none", "mean-logit", "fit-bias")
 

@@ -70,3 +70,15 @@ def test_models_without_a_text_tower_and_bad_templates_are_refused(store: Path, 
     empty.write_text("# nothing\n")
     with pytest.raises(TemplateError, match="no templates"):
         read_templates(empty)
+
+
+def test_built_in_name_tailored_set_and_unknown_sets(store: Path, tmp_path: Path):
+    from facestore.text import NAME_TAILORED_TEMPLATES
+
+    weights = make_weights("clip-vit-b-32", tmp_path / "w")
+    report = build_text_embeddings(store, "clip-vit-b-32", template_set="name-tailored", weights=weights, device="cpu")
+    assert report.templates == NAME_TAILORED_TEMPLATES
+    te = facestore.open_store(store).text_embeddings("clip-vit-b-32", "name-tailored")
+    assert te.embeddings.shape[:2] == (3, len(NAME_TAILORED_TEMPLATES))
+    with pytest.raises(TemplateError, match="built in: plan, name-tailored"):
+        build_text_embeddings(store, "clip-vit-b-32", template_set="mine", weights=weights, device="cpu")

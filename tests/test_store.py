@@ -103,6 +103,11 @@ def test_fast_reader_matches_zarr(store):
     rows = np.array([17, 0, 5, 6, 3, 16])
     got = read_rows(arr, rows, path=store.path / "models/m/a")
     np.testing.assert_array_equal(got, np.asarray(arr[:])[rows])
+    span = np.arange(3, 14)  # contiguous, starting and ending inside chunks: in-place reads + edges
+    for out_dtype in (None, np.float32):
+        got = read_rows(arr, span, path=store.path / "models/m/a", out_dtype=out_dtype)
+        assert got.dtype == (np.float16 if out_dtype is None else np.float32)
+        np.testing.assert_array_equal(got, np.asarray(arr[:])[span].astype(got.dtype))
     X, _ = store.load("m", dtype=None)
     assert X.dtype == np.float16
     np.testing.assert_array_equal(X, np.asarray(arr[:]))

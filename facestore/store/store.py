@@ -388,9 +388,7 @@ class Store:
         rows = np.nonzero(st == layout.OK)[0] if ids is None else self.rows_of(ids)
         if ids is not None:
             rows = rows[st[rows] == layout.OK]
-        X = read_rows(g[view], rows, path=self.path / layout.model_path(model) / view)
-        if dtype is not None and X.dtype != np.dtype(dtype):
-            X = X.astype(dtype)
+        X = read_rows(g[view], rows, path=self.path / layout.model_path(model) / view, out_dtype=dtype)
         return X, self.index.image_ids[rows]
 
     def model_writer(self, model: str, *, spec: dict[str, Any], views: dict[str, int], dtype: str = "float16",
@@ -527,45 +525,58 @@ def _dataset_fingerprint(image_ids: np.ndarray, hashes: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def read_rows(arr: zarr.Array, rows: np.ndarray, *, path: Path) -> np.ndarray:
-    """Gather rows of a 2-D row-chunked array.
+def read_rows(arr: zarr.Array, rows: np.ndarray, *, path: Path, out_dtype=None) -> np.ndarray:
+    """Gather rows of a 2-D row-chunked array, as ``out_dtype`` (default: the stored dtype).
 
-    Uncompressed little-endian arrays (the default) are read straight from their chunk files in
-    parallel: several times faster than the generic path. A chunk file that is missing while its
-    rows are wanted raises :class:`StoreFormatError` instead of silently reading the fill value.
+    Uncompressed little-endian arrays (the default) are read straight from their chunk files by
+    several threads: a chunk wholly inside a contiguous request is read into the output in place
+    (no intermediate copy), and a dtype conversion happens per chunk in those threads. A chunk
+    file that is missing while its rows are wanted raises :class:`StoreFormatError` instead of
+    silently reading the fill value.
     """
     rows = np.asarray(rows, dtype=np.int64)
     n_rows, dim = arr.shape
     chunk_rows = arr.chunks[0]
     dtype = np.dtype(arr.dtype)
-    out = np.empty((len(rows), dim), dtype=dtype)
+    out_dtype = dtype if out_dtype is None else np.dtype(out_dtype)
+    out = np.empty((len(rows), dim), dtype=out_dtype)
     if not len(rows):
         return out
     codecs = [c.to_dict()["name"] for c in arr.metadata.codecs]
     fast = codecs == ["bytes"] and arr.chunks[1] == dim and dtype.byteorder in ("<", "=", "|")
     chunk_ids = rows // chunk_rows
-    uniq = np.unique(chunk_ids)
-    contiguous = len(rows) > 0 and np.all(np.diff(rows) == 1)
+    contiguous = bool(np.all(np.diff(rows) == 1))
+    # Positions of ``rows`` grouped by chunk, found once (not one scan of ``rows`` per chunk).
+    order = np.argsort(chunk_ids, kind="stable")
+    uniq, starts = np.unique(chunk_ids[order], return_index=True)
+    bounds = dict(zip(uniq.tolist(), zip(starts.tolist(), [*starts[1:].tolist(), len(rows)])))
 
     def one(c: int) -> None:
-        sel = np.nonzero(chunk_ids == c)[0] if not contiguous else None
-        f = path / "c" / str(int(c)) / "0"
+        f = path / "c" / str(c) / "0"
         if not f.exists():
             raise StoreFormatError(
                 f"chunk file {f} is missing but its rows are marked written; the store is damaged. "
                 "Run `facestore verify` and rebuild the model (its status rows for that chunk must be reset)"
             )
-        if fast:
-            block = np.fromfile(f, dtype=dtype).reshape(chunk_rows, dim)
-        else:
-            start = int(c) * chunk_rows
-            block = np.asarray(arr[start:min(start + chunk_rows, n_rows)])
+        first = c * chunk_rows
         if contiguous:
-            lo = max(int(rows[0]), int(c) * chunk_rows)
-            hi = min(int(rows[-1]) + 1, (int(c) + 1) * chunk_rows)
-            out[lo - rows[0]:hi - rows[0]] = block[lo - int(c) * chunk_rows:hi - int(c) * chunk_rows]
-        else:
-            out[sel] = block[rows[sel] - int(c) * chunk_rows]
+            lo, hi = max(int(rows[0]), first), min(int(rows[-1]) + 1, first + chunk_rows)
+            dst = out[lo - rows[0]:hi - rows[0]]
+            if fast and out_dtype == dtype:
+                with open(f, "rb") as fh:
+                    fh.seek((lo - first) * dim * dtype.itemsize)
+                    if fh.readinto(memoryview(dst).cast("B")) != dst.nbytes:
+                        raise StoreFormatError(f"chunk file {f} is shorter than its array metadata says")
+                return
+            block = np.fromfile(f, dtype=dtype).reshape(chunk_rows, dim) if fast else \
+                np.asarray(arr[first:min(first + chunk_rows, n_rows)])
+            dst[...] = block[lo - first:hi - first]
+            return
+        block = np.fromfile(f, dtype=dtype).reshape(chunk_rows, dim) if fast else \
+            np.asarray(arr[first:min(first + chunk_rows, n_rows)])
+        a, b = bounds[c]
+        sel = order[a:b]
+        out[sel] = block[rows[sel] - first]
 
     if len(uniq) == 1:
         one(int(uniq[0]))

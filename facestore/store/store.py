@@ -581,7 +581,8 @@ def read_rows(arr: zarr.Array, rows: np.ndarray, *, path: Path, out_dtype=None) 
     if len(uniq) == 1:
         one(int(uniq[0]))
     else:
-        with ThreadPoolExecutor(max_workers=min(8, len(uniq))) as pool:
+        # Reads from the page cache are memory-bound: more threads than cores only add start-up cost.
+        with ThreadPoolExecutor(max_workers=min(8, len(uniq), max(2, os.cpu_count() or 2))) as pool:
             list(pool.map(one, uniq.tolist()))
     return out
 

@@ -1,9 +1,10 @@
 """Linear probes: multinomial logistic regression trained in torch, as scikit-learn estimators.
 
 :class:`LinearProbe` is one head. :class:`LinearSweep` trains a whole grid of heads (weight
-decays x learning rates) at once, as one batched ``(G, D, C)`` weight tensor fed the same
-mini-batches, in the spirit of dinov2's ``eval/linear.py``; it picks the best member on a
-validation set, extends the grid when the best value sits on its edge, chooses the
+decays x learning rates) at once, as one ``(D, G*C)`` weight matrix fed the same mini-batches
+(every member's logits are one GEMM), in the spirit of dinov2's ``eval/linear.py``; it picks the
+best member on a validation set (optionally stopping the worse half of the members early,
+successive halving), extends the grid when the best value sits on its edge, chooses the
 logit-adjustment strength on validation, and refits the chosen head on train+validation.
 
 Optimisation is AdamW written out by hand over the batched tensors, so each member gets its own
@@ -147,62 +148,133 @@ def _log_prior(y_idx: np.ndarray, n_classes: int) -> np.ndarray:
     return np.log((counts + 1) / (counts.sum() + n_classes))
 
 
-def _train_adamw(X, y, *, n_classes, lrs, wds, epochs, batch_size, class_weight, seed):
-    """Train G heads at once with per-member AdamW (decoupled weight decay), cosine schedule.
+class _BatchedAdamW:
+    """G linear heads trained together by per-member AdamW (decoupled weight decay), cosine lr.
 
-    Gradients are computed in closed form (softmax - onehot), which is exact for the
-    cross-entropy of a linear head and avoids autograd's bookkeeping for (G, B, C) tensors.
+    Layout: the heads are one ``(D, G*C)`` matrix, so the logits of every member are a single
+    GEMM ``X_b @ W`` and the weight gradient a single GEMM ``X_b^T @ P`` (no per-member batched
+    matmul, no permuted copies). Gradients are written in closed form (softmax - onehot), exact
+    for the cross-entropy of a linear head, which avoids autograd's bookkeeping. Members only
+    share the mini-batches, so dropping some (:meth:`keep`) leaves the others' trajectories, and
+    a member's trajectory equals that of a head trained alone with the same parameters and seed.
+    The schedule is fixed by ``epochs`` up front, so a member kept to the end sees the full cosine.
     """
-    import torch
 
-    dev = X.device
-    n, d = X.shape
-    g = len(lrs)
-    W = torch.zeros(g, d, n_classes, device=dev)
-    b = torch.zeros(g, n_classes, device=dev)
-    mW, vW = torch.zeros_like(W), torch.zeros_like(W)
-    mb, vb = torch.zeros_like(b), torch.zeros_like(b)
-    lr0 = torch.tensor(lrs, dtype=torch.float32, device=dev)
-    wd = torch.tensor(wds, dtype=torch.float32, device=dev)
-    b1, b2, eps = 0.9, 0.999, 1e-8
-    cw = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32, device=dev)
-    gen = torch.Generator().manual_seed(int(seed))
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = epochs * steps_per_epoch
-    step = 0
-    losses = []
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=gen).to(dev)
+    _B1, _B2, _EPS = 0.9, 0.999, 1e-8
+
+    def __init__(self, X, y, *, n_classes, lrs, wds, epochs, batch_size, class_weight, seed):
+        import torch
+
+        dev = X.device
+        self.X, self.y = X.contiguous(), y
+        self.n, self.d = X.shape
+        self.c = n_classes
+        self.batch_size = int(batch_size)
+        self.members = list(range(len(lrs)))  # indices into the original grid still training
+        g = len(lrs)
+        self.W = torch.zeros(self.d, g, n_classes, device=dev)
+        self.b = torch.zeros(g, n_classes, device=dev)
+        self.mW, self.vW = torch.zeros_like(self.W), torch.zeros_like(self.W)
+        self.mb, self.vb = torch.zeros_like(self.b), torch.zeros_like(self.b)
+        self.lr0 = torch.tensor(lrs, dtype=torch.float32, device=dev)
+        self.wd = torch.tensor(wds, dtype=torch.float32, device=dev)
+        self.cw = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32, device=dev)
+        self.gen = torch.Generator().manual_seed(int(seed))
+        self.steps_per_epoch = math.ceil(self.n / self.batch_size)
+        self.total = epochs * self.steps_per_epoch
+        self.step = 0
+        self.epoch = 0
+        self.losses: list[list[float]] = []  # per epoch, per original member (nan once dropped)
+        self._n_grid = g
+
+    def keep(self, positions) -> None:
+        """Keep only the members at ``positions`` (indices into the current members)."""
+        import torch
+
+        pos = torch.as_tensor(list(positions), dtype=torch.long, device=self.W.device)
+        self.W, self.mW, self.vW = (t.index_select(1, pos).contiguous() for t in (self.W, self.mW, self.vW))
+        self.b, self.mb, self.vb = (t.index_select(0, pos).contiguous() for t in (self.b, self.mb, self.vb))
+        self.lr0, self.wd = self.lr0[pos], self.wd[pos]
+        self.members = [self.members[int(p)] for p in pos.tolist()]
+
+    def run_epoch(self) -> None:
+        """One pass over the training rows in a fresh random order (the same for every member)."""
+        import torch
+
+        X, y, dev = self.X, self.y, self.X.device
+        g, c, d = len(self.members), self.c, self.d
+        W2 = self.W.view(d, g * c)
+        b1, b2, eps = self._B1, self._B2, self._EPS
+        perm = torch.randperm(self.n, generator=self.gen).to(dev)
         epoch_loss = torch.zeros(g, device=dev)
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
+        gW = torch.empty_like(W2)
+        tmp = torch.empty_like(self.W)
+        for start in range(0, self.n, self.batch_size):
+            idx = perm[start : start + self.batch_size]
             xb, yb = X[idx], y[idx]
-            logits = torch.einsum("nd,gdc->gnc", xb, W) + b[:, None, :]
-            logp = torch.log_softmax(logits, dim=2)
-            p = logp.exp()
-            rows = torch.arange(idx.numel(), device=dev)
-            if cw is None:
-                sw = torch.full((idx.numel(),), 1.0 / idx.numel(), device=dev)
+            nb = idx.numel()
+            rows = torch.arange(nb, device=dev)
+            # One fused softmax over (nb, G, C): a single pass instead of max/sub/exp/sum/div.
+            p = torch.softmax(torch.addmm(self.b.view(1, g * c), xb, W2).view(nb, g, c), dim=2)
+            p_y = p[rows, :, yb]  # (nb, G); the loss is only reported, so log of a clamped p is enough
+            if self.cw is None:
+                sw, xs, alpha = None, xb, 1.0 / nb
             else:
-                s = cw[yb]
-                sw = s / s.sum().clamp_min(1e-12)
-            epoch_loss -= (logp[:, rows, yb] * sw).sum(1)
-            p[:, rows, yb] -= 1.0
-            p *= sw[None, :, None]
-            gW = torch.einsum("nd,gnc->gdc", xb, p)
-            gb = p.sum(1)
-            step += 1
-            lr = lr0 * 0.5 * (1 + math.cos(math.pi * (step - 1) / total))
-            c1, c2 = 1 - b1**step, 1 - b2**step
-            W.mul_(1 - (lr * wd)[:, None, None])
-            mW.mul_(b1).add_(gW, alpha=1 - b1)
-            vW.mul_(b2).addcmul_(gW, gW, value=1 - b2)
-            W.sub_(lr[:, None, None] * (mW / c1) / ((vW / c2).sqrt() + eps))
-            mb.mul_(b1).add_(gb, alpha=1 - b1)
-            vb.mul_(b2).addcmul_(gb, gb, value=1 - b2)
-            b.sub_(lr[:, None] * (mb / c1) / ((vb / c2).sqrt() + eps))
-        losses.append((epoch_loss / steps_per_epoch).tolist())
-    return W, b, losses
+                sw = self.cw[yb]
+                sw = sw / sw.sum().clamp_min(1e-12)
+                # Weight the rows of X (nb x D) rather than of P (nb x G*C): same product, less work.
+                xs, alpha = xb * sw[:, None], 1.0
+            loss_rows = p_y.clamp_min(1e-30).log_()
+            epoch_loss -= loss_rows.mean(0) if sw is None else sw @ loss_rows
+            p[rows, :, yb] -= 1.0
+            P = p.view(nb, g * c)
+            # The mean over rows is folded into the GEMM's alpha (free) instead of a pass over P.
+            torch.addmm(gW, xs.t(), P, beta=0.0, alpha=alpha, out=gW)
+            gb = (P.sum(0) * alpha if sw is None else sw @ P).view(g, c)
+            self.step += 1
+            lr = self.lr0 * (0.5 * (1 + math.cos(math.pi * (self.step - 1) / self.total)))
+            c1, c2 = 1 - b1**self.step, 1 - b2**self.step
+            lr_col = lr.view(1, g, 1)
+            gW3 = gW.view(d, g, c)
+            self.W.mul_(1 - lr_col * self.wd.view(1, g, 1))
+            self.mW.lerp_(gW3, 1 - b1)
+            self.vW.mul_(b2).addcmul_(gW3, gW3, value=1 - b2)
+            # (m/c1) / (sqrt(v/c2) + eps) == (m * sqrt(c2)/c1) / (sqrt(v) + eps*sqrt(c2)): one pass fewer.
+            torch.sqrt(self.vW, out=tmp).add_(eps * math.sqrt(c2))
+            torch.div(self.mW, tmp, out=tmp).mul_(lr_col * (math.sqrt(c2) / c1))
+            self.W.sub_(tmp)
+            self.mb.lerp_(gb, 1 - b1)
+            self.vb.mul_(b2).addcmul_(gb, gb, value=1 - b2)
+            self.b.sub_(lr.view(g, 1) * (math.sqrt(c2) / c1) * self.mb / (self.vb.sqrt() + eps * math.sqrt(c2)))
+        self.epoch += 1
+        row = [float("nan")] * self._n_grid
+        for m, v in zip(self.members, (epoch_loss / self.steps_per_epoch).tolist()):
+            row[m] = v
+        self.losses.append(row)
+
+    def heads(self):
+        """``(W (G, D, C), b (G, C))`` of the members still training, in :attr:`members` order."""
+        return self.W.permute(1, 0, 2).contiguous(), self.b.clone()
+
+    def logits(self, X):
+        """Logits ``(G, n, C)`` of the current members on rows ``X`` (one GEMM)."""
+        g = len(self.members)
+        import torch
+
+        z = torch.addmm(self.b.view(1, g * self.c), X, self.W.view(self.d, g * self.c))
+        return z.view(X.shape[0], g, self.c).permute(1, 0, 2)
+
+
+def _train_adamw(X, y, *, n_classes, lrs, wds, epochs, batch_size, class_weight, seed):
+    """Train G heads to the end of the schedule; returns ``(W (G, D, C), b (G, C), losses)``."""
+    trainer = _BatchedAdamW(
+        X, y, n_classes=n_classes, lrs=lrs, wds=wds, epochs=epochs, batch_size=batch_size,
+        class_weight=class_weight, seed=seed,
+    )
+    for _ in range(epochs):
+        trainer.run_epoch()
+    W, b = trainer.heads()
+    return W, b, trainer.losses
 
 
 def _train_lbfgs(X, y, *, n_classes, l2, max_iter, class_weight):
@@ -386,9 +458,17 @@ class LinearSweep(ClassifierMixin, BaseEstimator):
     each member's ``tau`` is chosen from ``taus`` on validation too. With ``refit`` (default)
     the chosen head is refit on train+validation (``best_estimator_``) and used by ``predict``.
 
+    ``halving_epochs`` (e.g. ``(2, 4)`` with ``epochs=10``) turns on successive halving: after
+    each listed epoch the members still training are scored on validation and the worse half
+    stops there (``cv_results_["stopped_early"]``, ``["epochs_trained"]``); only members trained
+    to the end can be selected. The schedule of every member is the full ``epochs``-long cosine,
+    so a member that trains to the end equals an independent :class:`LinearProbe` fit. Empty
+    (default): every member trains to the end.
+
     Fitted attributes: ``classes_``, ``cv_results_`` (dict of lists, one entry per member),
     ``best_params_``, ``best_score_``, ``best_index_``, ``coef_grid_`` (G, D, C) and
-    ``intercept_grid_`` (G, C) of the train-only members, ``grid_extensions_``,
+    ``intercept_grid_`` (G, C) of the train-only members (for a member stopped early, its head
+    at the stop), ``grid_extensions_``,
     ``edge_optimum_``, ``best_estimator_``, ``fit_time_``, ``refit_time_``.
     """
 
@@ -408,6 +488,7 @@ class LinearSweep(ClassifierMixin, BaseEstimator):
         max_extensions: int = 2,
         val_fraction: float = 0.1,
         refit: bool = True,
+        halving_epochs=(),
         classes=None,
         device: str = "cpu",
         n_threads: int | None = None,
@@ -426,6 +507,7 @@ class LinearSweep(ClassifierMixin, BaseEstimator):
         self.max_extensions = max_extensions
         self.val_fraction = val_fraction
         self.refit = refit
+        self.halving_epochs = halving_epochs
         self.classes = classes
         self.device = device
         self.n_threads = n_threads
@@ -455,6 +537,13 @@ class LinearSweep(ClassifierMixin, BaseEstimator):
         lrs = list(self.lrs)
         if not wds or not lrs or min(wds) < 0 or min(lrs) <= 0:
             raise ProbeConfigError("weight_decays must be non-empty and >= 0, lrs non-empty and > 0")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ProbeConfigError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        rungs = sorted({int(e) for e in self.halving_epochs})
+        if rungs and (rungs[0] < 1 or rungs[-1] >= self.epochs):
+            raise ProbeConfigError(
+                f"halving_epochs must lie in 1..epochs-1 = 1..{self.epochs - 1}, got {tuple(self.halving_epochs)}"
+            )
         X = np.asarray(X, dtype=np.float32)
         self.classes_, y_idx = _encode_labels(y, self.classes)
         n_classes = len(self.classes_)
@@ -485,29 +574,51 @@ class LinearSweep(ClassifierMixin, BaseEstimator):
             Xv = feats.transform(torch.from_numpy(X_va).to(self.device_))
             yt = torch.from_numpy(y_tr).to(self.device_)
 
+            def score(z, m, epoch):
+                """The validation row of member ``m`` from its logits ``z`` (tau chosen here too)."""
+                best = None
+                for tau in taus:
+                    zz = z if tau is None else z - tau * log_prior
+                    pred = zz.argmax(1)
+                    row = {
+                        "weight_decay": m[0], "lr": m[1], "tau": tau,
+                        "val_score": _score(self.scoring, yv_idx, pred),
+                        "val_accuracy": _score("accuracy", yv_idx, pred),
+                        "val_balanced_accuracy": _score("balanced_accuracy", yv_idx, pred),
+                        "epochs_trained": epoch, "stopped_early": epoch < self.epochs,
+                    }
+                    if best is None or row["val_score"] > best["val_score"]:
+                        best = row
+                return best
+
             def train(new):
-                W, b, _ = _train_adamw(
+                trainer = _BatchedAdamW(
                     Xt, yt, n_classes=n_classes, lrs=[m[1] for m in new], wds=[m[0] for m in new],
                     epochs=self.epochs, batch_size=self.batch_size, class_weight=cw, seed=seed,
                 )
-                logits = torch.einsum("nd,gdc->gnc", Xv, W) + b[:, None, :]
-                for gi, m in enumerate(new):
-                    z = logits[gi].cpu().numpy()
-                    best = None
-                    for tau in taus:
-                        zz = z if tau is None else z - tau * log_prior
-                        pred = zz.argmax(1)
-                        row = {
-                            "weight_decay": m[0], "lr": m[1], "tau": tau,
-                            "val_score": _score(self.scoring, yv_idx, pred),
-                            "val_accuracy": _score("accuracy", yv_idx, pred),
-                            "val_balanced_accuracy": _score("balanced_accuracy", yv_idx, pred),
-                        }
-                        if best is None or row["val_score"] > best["val_score"]:
-                            best = row
-                    scores_rows.append(best)
-                    Ws.append(W[gi].cpu().numpy())
-                    bs.append(b[gi].cpu().numpy())
+                rows, W_out, b_out = [None] * len(new), [None] * len(new), [None] * len(new)
+                for epoch in range(1, self.epochs + 1):
+                    trainer.run_epoch()
+                    last = epoch == self.epochs
+                    if not last and (epoch not in rungs or len(trainer.members) < 2):
+                        continue
+                    logits = trainer.logits(Xv)
+                    current = [score(logits[i].cpu().numpy(), new[m], epoch) for i, m in enumerate(trainer.members)]
+                    keep = set(range(len(current)))
+                    if not last:
+                        # Successive halving: the better half on validation (same tie-break as the
+                        # final selection) trains on; the rest stop here, recorded as stopped early.
+                        order = sorted(keep, key=lambda i: (current[i]["val_score"], current[i]["weight_decay"]))
+                        keep = set(order[len(order) // 2 :])
+                    W, b = trainer.heads()
+                    for i, m in enumerate(trainer.members):
+                        if last or i not in keep:
+                            rows[m], W_out[m], b_out[m] = current[i], W[i].cpu().numpy(), b[i].cpu().numpy()
+                    if not last:
+                        trainer.keep(sorted(keep))
+                scores_rows.extend(rows)
+                Ws.extend(W_out)
+                bs.extend(b_out)
                 members.extend(new)
 
             train(list(product(wds, lrs)))
@@ -536,8 +647,12 @@ class LinearSweep(ClassifierMixin, BaseEstimator):
         self.coef_grid_ = np.stack(Ws)
         self.intercept_grid_ = np.stack(bs)
         self.members_ = members
-        # Rank with the same tie-break as the selection (stronger weight decay first).
-        order = np.lexsort(([-r["weight_decay"] for r in scores_rows], [-r["val_score"] for r in scores_rows]))
+        # Rank with the same tie-break as the selection (stronger weight decay first); members
+        # stopped early by successive halving rank after every member trained to the end.
+        order = np.lexsort((
+            [-r["weight_decay"] for r in scores_rows], [-r["val_score"] for r in scores_rows],
+            [-r["epochs_trained"] for r in scores_rows],
+        ))
         rank = np.empty(len(order), dtype=int)
         rank[order] = np.arange(1, len(order) + 1)
         self.cv_results_ = {
@@ -549,6 +664,8 @@ class LinearSweep(ClassifierMixin, BaseEstimator):
             "val_accuracy": [r["val_accuracy"] for r in scores_rows],
             "val_balanced_accuracy": [r["val_balanced_accuracy"] for r in scores_rows],
             "rank_val_score": rank.tolist(),
+            "epochs_trained": [r["epochs_trained"] for r in scores_rows],
+            "stopped_early": [r["stopped_early"] for r in scores_rows],
         }
         self.best_index_ = int(best)
         self.best_params_ = dict(self.cv_results_["params"][best])
@@ -564,8 +681,10 @@ class LinearSweep(ClassifierMixin, BaseEstimator):
 
     @staticmethod
     def _best(rows) -> int:
-        # Ties go to the stronger weight decay: the simpler model at equal validation score.
-        return max(range(len(rows)), key=lambda i: (rows[i]["val_score"], rows[i]["weight_decay"]))
+        # Only members trained to the end compete: a member stopped by successive halving was
+        # scored mid-schedule. Ties go to the stronger weight decay (the simpler model).
+        done = [i for i in range(len(rows)) if not rows[i]["stopped_early"]]
+        return max(done, key=lambda i: (rows[i]["val_score"], rows[i]["weight_decay"]))
 
     def make_probe(self) -> LinearProbe:
         """An unfitted :class:`LinearProbe` with the selected parameters."""

@@ -1,4 +1,4 @@
-"""LinearProbe / LinearSweep: the estimator contract, batched sweep == independent fits."""
+"""LinearProbe / LinearSweep: the estimator contract, batched sweep == independent fits, halving."""
 
 from __future__ import annotations
 
@@ -112,3 +112,27 @@ def test_sweep_holds_out_validation_by_group(problem):
     groups = np.repeat(np.arange(len(Xtr) // 3), 3)
     sweep = LinearSweep([1e-2, 1e-1], lrs=(1e-2,), extend_grid=False, **FAST).fit(Xtr, ytr, groups=groups)
     assert "by group" in sweep.validation_ and sweep.best_estimator_.n_features_in_ == 16
+
+
+def test_successive_halving_stops_the_worse_half_and_finishers_equal_independent_fits(problem):
+    Xtr, ytr, Xva, yva = problem
+    grid = [1e-3, 1e-1, 3.0, 30.0]
+    sweep = LinearSweep(grid, lrs=(3e-2,), extend_grid=False, halving_epochs=(1, 2), scoring="accuracy",
+                        **FAST).fit(Xtr, ytr, X_val=Xva, y_val=yva)
+    cv = sweep.cv_results_
+    # 4 members -> 2 stop after epoch 1 -> 1 stops after epoch 2 -> 1 trains all 3 epochs.
+    assert sorted(cv["epochs_trained"]) == [1, 1, 2, 3]
+    assert cv["stopped_early"] == [e < 3 for e in cv["epochs_trained"]]
+    finisher = cv["epochs_trained"].index(3)
+    assert sweep.best_index_ == finisher and cv["rank_val_score"][finisher] == 1
+    assert sorted(cv["rank_val_score"]) == [1, 2, 3, 4]
+    wd, lr = sweep.members_[finisher]
+    alone = LinearProbe(lr=lr, weight_decay=wd, **FAST).fit(Xtr, ytr)
+    np.testing.assert_allclose(sweep.coef_grid_[finisher], alone.coef_, atol=1e-5)
+    # A stopped member's recorded score is that of its stored head at the stop.
+    mu, sd = Xtr.mean(0), Xtr.std(0, ddof=1)
+    for g in range(4):
+        z = ((Xva - mu) / sd) @ sweep.coef_grid_[g] + sweep.intercept_grid_[g]
+        assert abs((sweep.classes_[z.argmax(1)] == yva).mean() - cv["val_accuracy"][g]) < 2 / len(yva)
+    with pytest.raises(ProbeConfigError, match="halving_epochs"):
+        LinearSweep(grid, halving_epochs=(3,), **FAST).fit(Xtr, ytr, X_val=Xva, y_val=yva)

@@ -22,7 +22,7 @@ __all__ = ["PLAN_TARGETS", "compare_results"]
 # The plan's "Success Criteria": CLIP ViT-B-32 linear probe baselines and the targets (top-1).
 PLAN_TARGETS = (
     {"metric": "Accuracy (30 names)", "key": "accuracy", "task": "30", "baseline": 0.139, "target": 0.15, "better": "higher"},
-    {"metric": "Accuracy (500 names)", "key": "accuracy", "task": "all", "baseline": 0.03, "target": 0.04, "better": "higher"},
+    {"metric": "Accuracy (500 names)", "key": "accuracy", "task": "500", "baseline": 0.03, "target": 0.04, "better": "higher"},
     {"metric": "Prediction CV", "key": "prediction_cv", "task": "any", "baseline": 0.40, "target": 0.35, "better": "lower"},
 )
 ALPHA = 0.05
@@ -110,10 +110,10 @@ def _seed_groups(rows) -> list[dict]:
 def _targets(rows) -> list[dict]:
     out = []
     for t in PLAN_TARGETS:
-        if t["task"] == "30":
-            cand = [r for r in rows if r["n_names"] == 30]
-        elif t["task"] == "all":
-            cand = [r for r in rows if r["task"] == "all"]
+        if t["task"] in ("30", "500"):
+            # A top-1 target only means something on a task with that many names: 62% on 6 names
+            # says nothing about the 500-name target.
+            cand = [r for r in rows if r["n_names"] == int(t["task"])]
         else:
             # Judge the balance target on experiments with real signal: a chance-level probe
             # can have any prediction CV.
@@ -232,7 +232,7 @@ def _markdown(rows, by_task, targets, paired, seeds, embeddings, recs) -> str:
         out.append("")
     out += ["## The plan's baselines and targets", "", "| metric | CLIP baseline | target | best here | experiment | beats baseline | target met |", "|---|---|---|---|---|---|---|"]
     for t in targets:
-        yn = {True: "yes", False: "no", None: "no such experiment"}
+        yn = {True: "yes", False: "no", None: f"no {t['task']}-name experiment" if t["task"] != "any" else "-"}
         out.append(
             f"| {t['metric']} | {t['baseline']} | {'>' if t['better'] == 'higher' else '<'} {t['target']} | "
             f"{_fmt(t['value'])} | {t['best_experiment'] or '-'} | {yn[t['beats_baseline']]} | {yn[t['met']]} |"

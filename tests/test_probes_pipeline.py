@@ -167,6 +167,10 @@ def test_compare_writes_report_tables_and_plots(runs):
     assert any("planted carries the most signal" in r for r in data["recommendations"])
     cv = next(t for t in data["plan_targets"] if t["metric"] == "Prediction CV")
     assert cv["met"] == (s["planted"]["metrics"]["prediction_cv"] < 0.35)
+    # The top-1 targets are for 30 and 500 names; these 8-name stores must not be judged by them.
+    acc500 = next(t for t in data["plan_targets"] if t["metric"] == "Accuracy (500 names)")
+    assert acc500["met"] is None and acc500["best_experiment"] is None
+    assert "no 500-name experiment" in md
 
 
 def test_seeds_and_split_cli(stores, tmp_path):

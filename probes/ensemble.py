@@ -190,7 +190,8 @@ def _aligned_subset(store, config: EnsembleConfig, task, split, subset: str):
     return al, y, groups, {m: xy.view for m, xy in xys.items()}
 
 
-def run_ensemble(store, *, config: EnsembleConfig, split, out, experiment: str | None = None) -> dict:
+def run_ensemble(store, *, config: EnsembleConfig, split, out, experiment: str | None = None,
+            seed_group: str | None = None) -> dict:
     """Experiment 3.6 with ``config.mode`` in ``concat``, ``late-fusion``, ``learned-weights``.
 
     Every per-model or concatenated probe follows the linear protocol (select on val, refit on
@@ -259,6 +260,7 @@ def run_ensemble(store, *, config: EnsembleConfig, split, out, experiment: str |
     cfg = {"family": "ensemble", "experiment": experiment, "model": "+".join(config.models),
            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
            "name_task": task.info(), "probe": {"mode": config.mode, "linear": "LinearSweep per model / on the concat"}}
+    extra["seed_group"] = seed_group  # the multi-seed experiment this run belongs to (probes compare)
     return finish_experiment(
         out, experiment=experiment.replace("/", "-"), scores=scores, y_true=yte, names=task.names,
         image_ids=te.image_ids, groups=gte, train_labels=trainval_y, config=cfg, split_info=split.info(),

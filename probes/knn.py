@@ -256,7 +256,8 @@ class KNNConfig:
     random_state: int = 0
 
 
-def run_knn(store, *, config: KNNConfig, split, out, experiment: str | None = None) -> dict:
+def run_knn(store, *, config: KNNConfig, split, out, experiment: str | None = None,
+            seed_group: str | None = None) -> dict:
     """The kNN sanity check on one split: train+val is the database, test the queries, one search.
 
     ``config.k`` (fixed in advance, never chosen on test) gives the headline result; every k of
@@ -297,6 +298,7 @@ def run_knn(store, *, config: KNNConfig, split, out, experiment: str | None = No
     cfg = {"family": "knn", "experiment": experiment,
            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
            "view": te.view, "name_task": task.info(), "probe": probe.params()}
+    extra["seed_group"] = seed_group  # the multi-seed experiment this run belongs to (probes compare)
     return finish_experiment(
         out, experiment=experiment, scores=full[config.k], y_true=te.y, names=task.names, image_ids=te.image_ids,
         groups=te.groups, train_labels=tv.y, config=cfg, split_info=split.info(), store_path=store.path,

@@ -460,7 +460,8 @@ class SupConConfig:
     null_repeats: int = 0
 
 
-def run_supcon_head(store, *, config: SupConConfig, split, out, experiment: str | None = None) -> dict:
+def run_supcon_head(store, *, config: SupConConfig, split, out, experiment: str | None = None,
+            seed_group: str | None = None) -> dict:
     """Experiment 3.4 on frozen features: SupCon head on train, then the linear probe protocol.
 
     The projection head sees the train rows only. The linear probe (:class:`probes.linear.LinearSweep`)
@@ -507,6 +508,7 @@ def run_supcon_head(store, *, config: SupConConfig, split, out, experiment: str 
            "probe": {"head": asdict(h), "device": head.device_, "linear": "LinearSweep on the learned representation",
                      "weight_decays": None if config.weight_decays is None else list(config.weight_decays),
                      "linear_epochs": config.linear_epochs}}
+    extra["seed_group"] = seed_group  # the multi-seed experiment this run belongs to (probes compare)
     return finish_experiment(
         out, experiment=experiment, scores=scores, y_true=te.y, names=task.names, image_ids=te.image_ids,
         groups=te.groups, train_labels=trainval_y, config=cfg, split_info=split.info(), store_path=store.path,

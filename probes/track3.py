@@ -256,18 +256,22 @@ def _run_family(store, exp: Experiment, config, split, out: Path, experiment: st
     if exp.family == "knn":
         from probes.knn import run_knn
 
-        return run_knn(store, config=config, split=split, out=out, experiment=experiment)
+        return run_knn(store, config=config, split=split, out=out, experiment=experiment,
+                       seed_group=seed_group)
     if exp.family == "ensemble":
         from probes.ensemble import run_ensemble
 
-        return run_ensemble(store, config=config, split=split, out=out, experiment=experiment)
+        return run_ensemble(store, config=config, split=split, out=out, experiment=experiment,
+                        seed_group=seed_group)
     if exp.family == "supcon":
         from probes.supcon import run_supcon_head
 
-        return run_supcon_head(store, config=config, split=split, out=out, experiment=experiment)
+        return run_supcon_head(store, config=config, split=split, out=out, experiment=experiment,
+                               seed_group=seed_group)
     from probes.zeroshot import run_zeroshot
 
-    return run_zeroshot(store, config=config, split=split, out=out, experiment=experiment)
+    return run_zeroshot(store, config=config, split=split, out=out, experiment=experiment,
+                        seed_group=seed_group)
 
 
 def _read_fingerprint(folder: Path) -> str | None:

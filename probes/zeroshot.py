@@ -29,7 +29,7 @@ from sklearn.exceptions import NotFittedError
 
 # The template sets live beside the text embeddings they produce (facestore.text), so that the
 # stored prompts and the probes' names for them cannot drift apart.
-from facestore.text import NAME_TAILORED_TEMPLATES, PLAN_TEMPLATES, TEMPLATE_SETS
+from facestore.text import NAME_TAILORED_TEMPLATES, PLAN_TEMPLATES, TEMPLATE_SETS  # noqa: F401 (re-exported)
 from probes.errors import ProbeConfigError
 
 PRIOR_CORRECTIONS = ("none", "mean-logit", "fit-bias")
@@ -230,7 +230,8 @@ def _task_text(text, task_names):
                                 logit_bias=text.logit_bias)
 
 
-def run_zeroshot(store, *, config: ZeroShotConfig, split, out, experiment: str | None = None) -> dict:
+def run_zeroshot(store, *, config: ZeroShotConfig, split, out, experiment: str | None = None,
+            seed_group: str | None = None) -> dict:
     """Experiment 3.5: zero-shot names from stored text embeddings, evaluated on the test rows once.
 
     The prior correction is fitted on the validation rows; every single template and the
@@ -273,6 +274,7 @@ def run_zeroshot(store, *, config: ZeroShotConfig, split, out, experiment: str |
                                 f"{task_slug(config.names)}")
     cfg = {"family": "zeroshot", "experiment": experiment, **asdict(config), "view": te.view,
            "name_task": task.info(), "probe": clf.params()}
+    extra["seed_group"] = seed_group  # the multi-seed experiment this run belongs to (probes compare)
     return finish_experiment(
         out, experiment=experiment, scores=scores, y_true=te.y, names=task.names, image_ids=te.image_ids,
         groups=te.groups, train_labels=trainval_y, config=cfg, split_info=split.info(), store_path=store.path,

@@ -156,18 +156,20 @@ def test_cli_track3_seeds_list_and_errors(tmp_path):
         assert e.name in res.output
 
     args = ["--store", str(tmp_path / "store"), "--out", str(tmp_path / "res"), "--names", "all", "--only",
-            "pixels32,dinov2", "--seeds", "2", "--n-boot", "30", "--no-plots", "--no-progress"]
+            "pixels32,knn_pixels32,dinov2", "--seeds", "2", "--n-boot", "30", "--no-plots", "--no-progress"]
     res = runner.invoke(track3_command, args)
     assert res.exit_code == 0, res.output
-    assert "2 ran, 0 unchanged, 2 skipped, 0 failed" in res.output
+    assert "4 ran, 0 unchanged, 2 skipped, 0 failed" in res.output
     for s in (0, 1):
         assert (tmp_path / "res" / f"track3_pixels32_all-seed{s}" / "summary.json").is_file()
     data = json.loads((tmp_path / "res" / "comparison.json").read_text())
-    assert data["seed_groups"][0]["seed_group"] == "pixels32_all"
-    assert data["seed_groups"][0]["n_seeds"] == 2
+    groups = {g["seed_group"]: g for g in data["seed_groups"]}
+    # Every family (here linear and kNN) reports its seeds as one group: mean and spread.
+    assert set(groups) == {"pixels32_all", "knn_pixels32_all"}
+    assert all(g["n_seeds"] == 2 for g in groups.values())
 
     res = runner.invoke(track3_command, args)
-    assert "0 ran, 2 unchanged" in res.output
+    assert "0 ran, 4 unchanged" in res.output
 
     res = runner.invoke(track3_command, ["--store", str(tmp_path / "store"), "--only", "dinov5"])
     assert res.exit_code == 2 and "no Track 3 experiment 'dinov5'" in res.output

@@ -183,7 +183,6 @@ class _BatchedAdamW:
         self.steps_per_epoch = math.ceil(self.n / self.batch_size)
         self.total = epochs * self.steps_per_epoch
         self.step = 0
-        self.epoch = 0
         self.losses: list[list[float]] = []  # per epoch, per original member (nan once dropped)
         self._n_grid = g
 
@@ -246,7 +245,6 @@ class _BatchedAdamW:
             self.mb.lerp_(gb, 1 - b1)
             self.vb.mul_(b2).addcmul_(gb, gb, value=1 - b2)
             self.b.sub_(lr.view(g, 1) * (math.sqrt(c2) / c1) * self.mb / (self.vb.sqrt() + eps * math.sqrt(c2)))
-        self.epoch += 1
         row = [float("nan")] * self._n_grid
         for m, v in zip(self.members, (epoch_loss / self.steps_per_epoch).tolist()):
             row[m] = v
@@ -258,9 +256,9 @@ class _BatchedAdamW:
 
     def logits(self, X):
         """Logits ``(G, n, C)`` of the current members on rows ``X`` (one GEMM)."""
-        g = len(self.members)
         import torch
 
+        g = len(self.members)
         z = torch.addmm(self.b.view(1, g * self.c), X, self.W.view(self.d, g * self.c))
         return z.view(X.shape[0], g, self.c).permute(1, 0, 2)
 

@@ -273,16 +273,10 @@ def _resolve_options(options: Mapping[str, Any] | None, models: list[str]) -> di
 
 
 def _resolve_device(device: str) -> str:
-    import torch
+    """The device string the build runs on (one resolution shared with every family)."""
+    from facestore.models.runtime import resolve_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        from facestore.errors import DeviceError
-
-        raise DeviceError(f"--device {device} was asked for, but torch sees no CUDA device; pass --device cpu "
-                          "or check `facestore doctor`")
-    return device
+    return str(resolve_device(device))
 
 
 def _open_or_create(store: Any, *, create: bool, wait_s: float = 60.0) -> Any:

@@ -126,10 +126,6 @@ def build_text_embeddings(
     names = list(st.index.names)
     if not names:
         raise FacestoreError(f"store {store} has no names in its index; build it with `facestore build` first")
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     encoder = load_encoder(model, weights=None if weights is None else os.fspath(weights), device=device)
     texts = [t.format(n) for n in names for t in templates]  # name-major: reshapes to (C, T)
     parts = [np.asarray(encoder.encode_text(texts[i:i + batch_size]), dtype=np.float32)

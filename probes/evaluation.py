@@ -41,15 +41,21 @@ def run_evaluation(
     n_boot: int = 1000,
     seed: int = 0,
     predictions=None,
+    probabilities=None,
 ) -> dict:
     """Every metric of one test set, without writing anything.
 
     ``scores`` (n, C) are probabilities or logits over ``names`` (columns in ``names`` order);
     ``predictions`` defaults to their argmax (pass it when a family decides otherwise, e.g.
-    forced choice). Returns ``{"metrics", "ci", "ci_method", "chance", "p_value",
-    "significant", "plan", "per_class", "predictions", "top5"}``: ``plan`` is the plan's
-    ``evaluate_model`` output without its per-class report, which is returned as ``per_class``
-    rows (precision, recall, f1-score, support per name) for ``results.csv``.
+    forced choice). ``probabilities`` (n, C), when given, are the model's calibrated
+    probabilities, used for the calibration metrics (NLL, ECE, Brier) and nothing else (a
+    logit-adjusted probe decides on adjusted ``scores`` but its probabilities are the
+    unadjusted ones); by default ``scores`` are used when every row is non-negative and sums to
+    1, else ``softmax(scores)``; ``calibration["source"]`` records which. Returns ``{"metrics",
+    "ci", "ci_method", "chance", "p_value", "significant", "calibration", "plan", "per_class",
+    "predictions", "top5"}``: ``plan`` is the plan's ``evaluate_model`` output without its
+    per-class report, which is returned as ``per_class`` rows (precision, recall, f1-score,
+    support per name) for ``results.csv``.
     """
     names = [str(n) for n in names]
     n_classes = len(names)
@@ -72,6 +78,8 @@ def run_evaluation(
     train_labels = np.asarray(train_labels, dtype=np.int64)
 
     metrics = M.headline_metrics(y_true, predictions, n_classes=n_classes, top5=top5)
+    metrics["label_cv"] = M.label_cv(y_true, n_classes=n_classes)
+    calibration = _calibration(y_true, scores, probabilities, n_classes)
     plan = M.evaluate_model(predictions, y_true, names)
     chance = M.chance_levels(y_true, train_labels=train_labels, n_classes=n_classes)
     boot = S.bootstrap_metrics(
@@ -104,11 +112,30 @@ def run_evaluation(
         "chance": chance,
         "p_value": boot["p_value"],
         "significant": bool(boot["p_value"]["balanced_accuracy"] < SIGNIFICANCE_LEVEL),
+        "calibration": calibration,
         "plan": plan,
         "per_class": per_class,
         "predictions": predictions,
         "top5": top5,
     }
+
+
+def _calibration(y_true, scores, probabilities, n_classes: int) -> dict:
+    """NLL / ECE / Brier of the probabilities (see :func:`run_evaluation`), or why there are none."""
+    if probabilities is not None:
+        P = np.asarray(probabilities, dtype=np.float64)
+        if P.shape != (y_true.size, n_classes):
+            raise ValueError(
+                f"probabilities must have shape (n_test, n_names) = ({y_true.size}, {n_classes}), got {P.shape}"
+            )
+        if np.any(P < 0) or not np.allclose(P.sum(axis=1), 1.0, atol=1e-4, rtol=0):
+            raise ValueError("probabilities must be non-negative with rows summing to 1 (pass logits as scores)")
+        return M.calibration_metrics(y_true, P, source="probabilities")
+    if scores is None:
+        return {"nll": None, "ece": None, "ece_bins": M.ECE_BINS, "brier": None,
+                "source": "none: the family gave predictions without scores"}
+    P, source = M.as_probabilities(scores)
+    return M.calibration_metrics(y_true, P, source=source)
 
 
 def finish_experiment(
@@ -136,6 +163,7 @@ def finish_experiment(
     warnings: Sequence[str] = (),
     extra: dict | None = None,
     log: Sequence[str] = (),
+    probabilities=None,
 ) -> dict:
     """Evaluate test-set scores once and write ``out_dir/track3_{experiment}/``; return the summary.
 
@@ -171,6 +199,8 @@ def finish_experiment(
         warnings: extra warnings to record (merged with ``split_info["warnings"]``).
         extra: family-specific results stored under ``summary["extra"]``.
         log: lines for ``run.log``.
+        probabilities: (n_test, C) calibrated probabilities for the calibration metrics only
+            (see :func:`run_evaluation`); default ``scores`` or ``softmax(scores)``.
 
     Returns:
         The summary dict written to ``summary.json`` plus ``"path"``.
@@ -185,6 +215,7 @@ def finish_experiment(
         n_boot=n_boot,
         seed=seed,
         predictions=predictions,
+        probabilities=probabilities,
     )
     all_warnings = list(split_info.get("warnings", [])) + [str(w) for w in warnings]
     if groups is None and not any("identity" in w for w in all_warnings):
@@ -223,6 +254,7 @@ def finish_experiment(
         "p_value": ev["p_value"],
         "significant": ev["significant"],
         "significance_level": SIGNIFICANCE_LEVEL,
+        "calibration": ev["calibration"],
         "permutation": perm_summary,
         "plan": ev["plan"],
         "split": dict(split_info),

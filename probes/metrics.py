@@ -18,12 +18,19 @@ import numpy as np
 from probes.errors import NotEnoughDataError
 
 __all__ = [
+    "ECE_BINS",
     "accuracy",
+    "as_probabilities",
     "balanced_accuracy",
+    "brier_score",
+    "calibration_metrics",
     "chance_levels",
+    "expected_calibration_error",
+    "label_cv",
     "evaluate_model",
     "headline_metrics",
     "macro_f1",
+    "negative_log_likelihood",
     "prediction_cv",
     "prediction_entropy",
     "top_k_accuracy",
@@ -119,6 +126,15 @@ def prediction_cv(y_pred, *, n_classes: int) -> float:
     return float(counts.std() / counts.mean())
 
 
+def label_cv(y_true, *, n_classes: int) -> float:
+    """The prediction CV of a perfect classifier: std / mean of the TRUE test-label counts.
+
+    A prediction CV is only "too high" relative to this: when the test names are themselves
+    skewed (a Zipf-like name distribution), even perfect predictions have a large CV.
+    """
+    return prediction_cv(y_true, n_classes=n_classes)
+
+
 def prediction_entropy(y_pred, *, n_classes: int) -> dict:
     """Entropy (nats) of the predicted-label distribution and its ratio to log(C)."""
     counts = np.bincount(np.asarray(y_pred, dtype=np.int64), minlength=n_classes)
@@ -193,3 +209,78 @@ def headline_metrics(y_true, y_pred, *, n_classes: int, top5=None) -> dict:
         out["top5_accuracy"] = top_k_accuracy(y_true, top5)
     out.update(prediction_entropy(y_pred, n_classes=n_classes))
     return out
+
+
+# --------------------------------------------------------------------------- calibration
+
+ECE_BINS = 15  # Guo et al. 2017 ("On calibration of modern neural networks") use 15 equal-width bins.
+_PROB_TOL = 1e-4  # rows summing to 1 within this are taken as probabilities (float32 round-off)
+_LOG_FLOOR = 1e-15  # p(true name) is floored here so that one zero does not make the NLL infinite
+
+
+def as_probabilities(scores) -> tuple[np.ndarray, str]:
+    """``(P, source)``: ``scores`` as (n, C) probabilities, and how they were obtained.
+
+    ``source`` is ``"scores"`` when every row is non-negative and sums to 1 (within 1e-4), else
+    ``"softmax(scores)"`` (logits, cosine similarities, vote shares with empty rows).
+    """
+    S = np.asarray(scores, dtype=np.float64)
+    if S.ndim != 2:
+        raise ValueError(f"scores must be (n, C), got shape {S.shape}")
+    if np.all(S >= 0) and np.allclose(S.sum(axis=1), 1.0, atol=_PROB_TOL, rtol=0):
+        return S, "scores"
+    Z = S - S.max(axis=1, keepdims=True)
+    E = np.exp(Z)
+    return E / E.sum(axis=1, keepdims=True), "softmax(scores)"
+
+
+def _check_proba(y_true, proba) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true, dtype=np.int64)
+    P = np.asarray(proba, dtype=np.float64)
+    if P.ndim != 2 or P.shape[0] != y.size:
+        raise ValueError(f"probabilities must be (n, C) with one row per label; got {P.shape} for {y.size} labels")
+    if y.size == 0:
+        raise NotEnoughDataError("no test rows to evaluate; check the split and the name task")
+    if y.min() < 0 or y.max() >= P.shape[1]:
+        raise ValueError(f"labels must be indices into the {P.shape[1]} columns")
+    return y, P
+
+
+def negative_log_likelihood(y_true, proba) -> float:
+    """Mean -log p(true name), with p floored at 1e-15 (sklearn's ``log_loss`` on the same rows)."""
+    y, P = _check_proba(y_true, proba)
+    return float(-np.mean(np.log(np.clip(P[np.arange(y.size), y], _LOG_FLOOR, 1.0))))
+
+
+def brier_score(y_true, proba) -> float:
+    """Multi-class Brier score: mean over rows of sum_c (p_c - 1[y = c])^2, in [0, 2]
+    (Brier 1950; sklearn's multi-class ``brier_score_loss``)."""
+    y, P = _check_proba(y_true, proba)
+    sq = (P**2).sum(axis=1) - 2 * P[np.arange(y.size), y] + 1.0
+    return float(np.mean(sq))
+
+
+def expected_calibration_error(y_true, proba, *, n_bins: int = ECE_BINS) -> float:
+    """Top-label ECE (Guo et al. 2017): rows binned by confidence max_c p_c into ``n_bins``
+    equal-width bins ((m-1)/M, m/M]; sum over bins of |bin share| * |accuracy - mean confidence|,
+    where a row is correct when its argmax is the true name."""
+    y, P = _check_proba(y_true, proba)
+    conf = P.max(axis=1)
+    correct = (P.argmax(axis=1) == y).astype(np.float64)
+    # Right-closed bins; a confidence of exactly 0 (impossible for a probability row) goes to bin 0.
+    idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    acc = np.bincount(idx, weights=correct, minlength=n_bins)
+    cs = np.bincount(idx, weights=conf, minlength=n_bins)
+    return float(np.abs(acc - cs).sum() / y.size)
+
+
+def calibration_metrics(y_true, proba, *, source: str) -> dict:
+    """NLL, ECE (15 bins) and Brier of ``proba``; ``source`` says where the probabilities came from."""
+    return {
+        "nll": negative_log_likelihood(y_true, proba),
+        "ece": expected_calibration_error(y_true, proba),
+        "ece_bins": ECE_BINS,
+        "brier": brier_score(y_true, proba),
+        "source": source,
+    }

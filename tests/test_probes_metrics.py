@@ -94,3 +94,53 @@ def test_shuffle_across_identities_keeps_people_per_name():
     people_per_name = lambda lab: np.bincount(lab[::3], minlength=6)  # noqa: E731
     assert np.array_equal(people_per_name(shuffled), people_per_name(y))
     assert S.permutation_p_value(0.5, np.array([0.1, 0.2, 0.6])) == pytest.approx(0.5)
+
+
+def _ece_loop(y, P, n_bins=15):
+    """Guo et al. 2017, written out bin by bin (the reference the vectorised version must match)."""
+    conf, pred = P.max(axis=1), P.argmax(axis=1)
+    total = 0.0
+    for m in range(1, n_bins + 1):
+        lo, hi = (m - 1) / n_bins, m / n_bins
+        inside = (conf > lo) & (conf <= hi)
+        if inside.any():
+            total += inside.mean() * abs((pred[inside] == y[inside]).mean() - conf[inside].mean())
+    return total
+
+
+def test_calibration_metrics_match_sklearn_and_the_ece_definition():
+    from sklearn.metrics import brier_score_loss, log_loss
+
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(300, 7)) * 2
+    y = rng.integers(0, 7, 300)
+    P, source = M.as_probabilities(logits)
+    assert source == "softmax(scores)" and np.allclose(P.sum(axis=1), 1)
+    assert M.as_probabilities(P)[1] == "scores"
+    # sklearn's log_loss and multi-class brier_score_loss are the references (float round-off only).
+    assert M.negative_log_likelihood(y, P) == pytest.approx(log_loss(y, P, labels=range(7)), rel=1e-10)
+    assert M.brier_score(y, P) == pytest.approx(brier_score_loss(y, P, labels=range(7)), rel=1e-10)
+    assert M.expected_calibration_error(y, P) == pytest.approx(_ece_loop(y, P), abs=1e-12)
+    # A hand-computed ECE: two rows at confidence 0.9 (one right), one at 0.6 (right), 15 bins.
+    Q = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6]])
+    assert M.expected_calibration_error(np.array([0, 1, 1]), Q) == pytest.approx((2 / 3) * 0.4 + (1 / 3) * 0.4)
+    cal = M.calibration_metrics(y, P, source=source)
+    assert cal["ece_bins"] == 15 and set(cal) >= {"nll", "ece", "brier", "source"}
+
+
+def test_run_evaluation_uses_given_probabilities_for_calibration_only():
+    from probes.evaluation import run_evaluation
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 80)
+    groups = np.repeat(np.arange(20), 4).astype(str)
+    logits = rng.normal(size=(80, 4))
+    P = np.full((80, 4), 0.25)
+    ev = run_evaluation(logits, y, names=list("abcd"), groups=groups, train_labels=y, n_boot=50)
+    assert ev["calibration"]["source"] == "softmax(scores)"
+    given = run_evaluation(logits, y, names=list("abcd"), groups=groups, train_labels=y, n_boot=50, probabilities=P)
+    assert given["calibration"]["source"] == "probabilities"
+    assert given["calibration"]["nll"] == pytest.approx(np.log(4))
+    assert np.array_equal(given["predictions"], ev["predictions"])  # decisions still come from the scores
+    with pytest.raises(ValueError, match="rows summing to 1"):
+        run_evaluation(logits, y, names=list("abcd"), groups=groups, train_labels=y, n_boot=50, probabilities=logits)

@@ -28,7 +28,10 @@ from probes.results import result_dir, write_result
 
 __all__ = ["SIGNIFICANCE_LEVEL", "finish_experiment", "run_evaluation"]
 
-SIGNIFICANCE_LEVEL = 0.05
+# One-sided level of the per-experiment test against the no-information baseline: p < 0.025 is
+# the same statement as "the 95% BCa CI excludes the baseline". Reports correct for multiplicity
+# on top (probes.compare).
+SIGNIFICANCE_LEVEL = 0.025
 
 
 def run_evaluation(
@@ -105,12 +108,15 @@ def run_evaluation(
     ]
     plan["macro_avg"] = report["macro avg"]
     plan["weighted_avg"] = report["weighted avg"]
+    metrics["n_test_identities"] = int(np.unique(np.asarray(groups)).size) if groups is not None else None
     return {
         "metrics": metrics,
         "ci": boot["ci"],
-        "ci_method": {k: boot[k] for k in ("method", "n_boot", "n_clusters", "alpha")},
+        "ci_method": {k: boot[k] for k in ("method", "interval", "balanced_accuracy_resampling", "n_boot", "n_clusters", "alpha",
+                                            "reliable", "reliability", "identities_per_name", "bca")},
         "chance": chance,
         "p_value": boot["p_value"],
+        "baseline": boot["baseline"],
         "significant": bool(boot["p_value"]["balanced_accuracy"] < SIGNIFICANCE_LEVEL),
         "calibration": calibration,
         "plan": plan,
@@ -252,8 +258,11 @@ def finish_experiment(
         "ci_method": ev["ci_method"],
         "chance": ev["chance"],
         "p_value": ev["p_value"],
+        "baseline": ev["baseline"],
         "significant": ev["significant"],
         "significance_level": SIGNIFICANCE_LEVEL,
+        "significance": ("one-sided p < 0.025 against `baseline` (the same as the 95% BCa CI excluding it), "
+                         "before any multiplicity correction"),
         "calibration": ev["calibration"],
         "permutation": perm_summary,
         "plan": ev["plan"],

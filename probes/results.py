@@ -15,12 +15,27 @@
 and, when available, ``top5.npy`` (N, 5) best-first name indices (top-5 accuracy is
 recomputed from it), ``groups.npy`` (N,) identities of the test images (cluster bootstrap and
 paired comparisons), ``probabilities.npy`` (N, C) and ``embeddings.npy`` (only on request).
+
+Writes are atomic: :func:`write_result` writes every file into a hidden temporary sibling
+(``.{folder}.tmp-{host}-{pid}-{random}``), records a **manifest** (size and sha256 of every
+data file) in ``summary.json``, written last, and only then renames the folder into place. A
+rerun therefore replaces an old folder only once the new one is complete, and a process killed
+at any moment leaves the old complete folder, the new complete folder, or (killed between the
+two renames of a replacement) none, with the old one kept as a hidden ``.{folder}.old-*``
+sibling. :func:`read_result` checks every file against the manifest and refuses a folder whose
+files disagree with it. ``run.log`` and files added later (``fingerprint.json`` of ``probes
+track3``) are not in the manifest: logs are appended to.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
+import secrets
+import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +43,17 @@ import numpy as np
 
 from probes.errors import ResultFormatError
 
-__all__ = ["REQUIRED_FILES", "Result", "find_results", "read_result", "result_dir", "write_result"]
+__all__ = [
+    "REQUIRED_FILES",
+    "RESULT_FORMAT",
+    "Result",
+    "check_manifest",
+    "file_manifest",
+    "find_results",
+    "read_result",
+    "result_dir",
+    "write_result",
+]
 
 REQUIRED_FILES = (
     "config.json",
@@ -41,6 +66,10 @@ REQUIRED_FILES = (
     "run.log",
 )
 CSV_FIELDS = ("name", "precision", "recall", "f1-score", "support")
+# Version 2: manifest of file digests, BCa intervals with their baselines, calibration.
+RESULT_FORMAT = {"name": "probes.result", "version": 2}
+# Appended to after the folder is written, so never in the manifest.
+_UNLISTED = ("summary.json", "run.log", "fingerprint.json")
 
 
 def result_dir(out: str | Path, experiment: str) -> Path:
@@ -66,6 +95,86 @@ def _write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_manifest(folder: str | Path) -> dict:
+    """``{file: {"bytes", "sha256"}}`` of every data file of a result folder (not the summary or logs)."""
+    folder = Path(folder)
+    return {
+        p.name: {"bytes": p.stat().st_size, "sha256": _digest(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name not in _UNLISTED and not p.name.endswith(".tmp")
+    }
+
+
+def check_manifest(folder: str | Path, summary: dict) -> list[str]:
+    """Problems of a folder against its summary's manifest (empty list: every file agrees)."""
+    folder = Path(folder)
+    manifest = summary.get("manifest")
+    if not isinstance(manifest, dict):
+        return ["summary.json has no file manifest (written by probes before result format 2); rerun the experiment"]
+    problems = []
+    for name, entry in manifest.items():
+        p = folder / name
+        if not p.is_file():
+            problems.append(f"{name} is listed in the manifest but missing")
+        elif p.stat().st_size != entry.get("bytes") or _digest(p) != entry.get("sha256"):
+            problems.append(f"{name} does not match its manifest digest (changed after summary.json was written)")
+    return problems
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _clean_stale(parent: Path, name: str) -> None:
+    """Remove temporary siblings that a killed writer on this host left behind."""
+    host = socket.gethostname()
+    for p in parent.glob(f".{name}.tmp-*"):
+        parts = p.name[len(f".{name}.tmp-"):].rsplit("-", 2)
+        if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the complete ``tmp`` folder to ``final``, replacing an existing one."""
+    try:
+        os.rename(tmp, final)  # no folder yet: atomic
+        return
+    except OSError:
+        if not final.exists():
+            raise
+    old = final.parent / f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+    os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_result(
     out_dir: str | Path,
     *,
@@ -82,10 +191,12 @@ def write_result(
     embeddings=None,
     log: list[str] | None = None,
 ) -> Path:
-    """Write one experiment's folder; returns its path. ``summary.json`` is written last, so a
-    folder with a summary is complete."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write one experiment's folder atomically (see the module docstring); returns its path.
+
+    ``summary`` is written with two more keys: ``format`` (:data:`RESULT_FORMAT`) and
+    ``manifest`` (:func:`file_manifest` of the data files).
+    """
+    final = Path(out_dir)
     predictions = np.asarray(predictions, dtype=np.int64)
     true_labels = np.asarray(true_labels, dtype=np.int64)
     n = predictions.shape[0]
@@ -97,27 +208,38 @@ def write_result(
         )
     if n and (max(predictions.max(), true_labels.max()) >= len(names) or min(predictions.min(), true_labels.min()) < 0):
         raise ResultFormatError(f"labels must be indices into the {len(names)} names")
-    _write_json(out_dir / "config.json", config)
-    np.save(out_dir / "predictions.npy", predictions)
-    np.save(out_dir / "true_labels.npy", true_labels)
-    np.save(out_dir / "image_ids.npy", np.asarray(image_ids).astype(str))
-    _write_json(out_dir / "names.json", names)
-    with open(out_dir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for row in per_class:
-            writer.writerow({k: row[k] for k in CSV_FIELDS})
-    if top5 is not None:
-        np.save(out_dir / "top5.npy", np.asarray(top5, dtype=np.int64))
-    if groups is not None:
-        np.save(out_dir / "groups.npy", np.asarray(groups).astype(str))
-    if proba is not None:
-        np.save(out_dir / "probabilities.npy", np.asarray(proba, dtype=np.float32))
-    if embeddings is not None:
-        np.save(out_dir / "embeddings.npy", np.asarray(embeddings, dtype=np.float32))
-    (out_dir / "run.log").write_text("\n".join(log or []) + "\n")
-    _write_json(out_dir / "summary.json", summary)
-    return out_dir
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale(final.parent, final.name)
+    tmp = final.parent / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        _write_json(tmp / "config.json", config)
+        np.save(tmp / "predictions.npy", predictions)
+        np.save(tmp / "true_labels.npy", true_labels)
+        np.save(tmp / "image_ids.npy", np.asarray(image_ids).astype(str))
+        _write_json(tmp / "names.json", names)
+        with open(tmp / "results.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            for row in per_class:
+                writer.writerow({k: row[k] for k in CSV_FIELDS})
+        if top5 is not None:
+            np.save(tmp / "top5.npy", np.asarray(top5, dtype=np.int64))
+        if groups is not None:
+            np.save(tmp / "groups.npy", np.asarray(groups).astype(str))
+        if proba is not None:
+            np.save(tmp / "probabilities.npy", np.asarray(proba, dtype=np.float32))
+        if embeddings is not None:
+            np.save(tmp / "embeddings.npy", np.asarray(embeddings, dtype=np.float32))
+        (tmp / "run.log").write_text("\n".join(log or []) + "\n")
+        full = {**summary, "format": dict(RESULT_FORMAT), "manifest": file_manifest(tmp)}
+        _write_json(tmp / "summary.json", full)
+        _move_into_place(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(final.parent)
+    return final
 
 
 @dataclass(frozen=True)
@@ -156,12 +278,26 @@ class Result:
         return np.load(p)
 
 
-def read_result(path: str | Path) -> Result:
-    """Read a result folder back, checking that every required file exists with its shape."""
+def read_result(path: str | Path, *, verify: bool = True) -> Result:
+    """Read a result folder back, checking that every required file exists with its shape and
+    (``verify``) that every data file matches the manifest in ``summary.json``.
+
+    Raises :class:`ResultFormatError` naming the files that disagree; a folder written before
+    result format 2 (no manifest) is refused too, since nothing says its files belong together.
+    """
     path = Path(path)
     missing = [f for f in REQUIRED_FILES if not (path / f).exists()]
     if missing:
         raise ResultFormatError(f"{path} is not a complete result folder: missing {', '.join(missing)}")
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ResultFormatError(f"{path}/summary.json is not valid JSON ({e}); rerun the experiment") from None
+    if verify:
+        problems = check_manifest(path, summary)
+        if problems:
+            raise ResultFormatError(f"{path}: its files disagree with summary.json: {'; '.join(problems)}; "
+                                    "rerun the experiment to rewrite the folder")
     predictions = np.load(path / "predictions.npy")
     true_labels = np.load(path / "true_labels.npy")
     image_ids = np.load(path / "image_ids.npy")
@@ -187,7 +323,7 @@ def read_result(path: str | Path) -> Result:
     return Result(
         path=path,
         config=json.loads((path / "config.json").read_text()),
-        summary=json.loads((path / "summary.json").read_text()),
+        summary=summary,
         names=names,
         predictions=predictions,
         true_labels=true_labels,
@@ -200,8 +336,13 @@ def read_result(path: str | Path) -> Result:
 
 
 def find_results(root: str | Path) -> list[Path]:
-    """Every complete result folder (one holding ``summary.json``) under ``root``, sorted."""
+    """Every result folder (one holding ``summary.json`` and ``predictions.npy``) under
+    ``root``, sorted; hidden folders (temporary or replaced ones of an atomic write) are skipped."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"results directory {root} does not exist")
-    return sorted(p.parent for p in root.rglob("summary.json") if (p.parent / "predictions.npy").exists())
+    return sorted(
+        p.parent for p in root.rglob("summary.json")
+        if (p.parent / "predictions.npy").exists()
+        and not any(part.startswith(".") for part in p.parent.relative_to(root).parts)
+    )

@@ -54,8 +54,11 @@ def test_always_majority_is_never_significant():
     majority = np.bincount(train).argmax()
     out = S.bootstrap_metrics(y, np.full(y.size, majority), n_classes=6, groups=groups,
                               train_labels=train, n_boot=200)
-    assert out["p_value"]["balanced_accuracy"] == 1.0 and out["p_value"]["accuracy"] == 1.0
-    assert out["method"] == "cluster bootstrap over identities"
+    # It scores its baselines exactly; the resampled estimate straddles them.
+    assert out["p_value"]["balanced_accuracy"] > 0.2 and out["p_value"]["accuracy"] > 0.2
+    assert out["ci"]["balanced_accuracy"][0] <= out["baseline"]["balanced_accuracy"] <= out["ci"]["balanced_accuracy"][1]
+    assert out["baseline"]["accuracy"] == pytest.approx(np.mean(y == majority))
+    assert out["method"] == "cluster bootstrap over identities" and out["interval"] == "BCa"
 
 
 def test_cluster_ci_is_wider_than_image_ci_when_people_are_correlated():
@@ -75,6 +78,78 @@ def test_wilson_interval_known_value():
     assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
 
 
+def test_bca_interval_matches_scipy():
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(1)
+    x = rng.exponential(size=40)  # skewed: BCa differs visibly from the percentile interval
+    boot = x[rng.integers(0, 40, (20000, 40))].mean(axis=1)
+    jack = np.array([np.delete(x, i).mean() for i in range(40)])
+    ours = S.bca_interval(x.mean(), boot, jack)["ci"]
+    ref = bootstrap((x,), np.mean, method="BCa", n_resamples=20000, random_state=2).confidence_interval
+    se = x.std(ddof=1) / np.sqrt(40)
+    # Both are Monte Carlo estimates from 20,000 resamples: agree within 15% of a standard error.
+    assert ours[0] == pytest.approx(ref.low, abs=0.15 * se) and ours[1] == pytest.approx(ref.high, abs=0.15 * se)
+    pct = np.percentile(boot, [2.5, 97.5])
+    assert ours[1] - pct[1] > 0.3 * se  # the skew correction is really applied
+
+
+def test_ci_excludes_the_baseline_exactly_when_one_sided_p_is_below_0025():
+    y, groups, _ = _people(n_people=60, per=5)
+    seen = set()
+    for i in range(40):
+        rng = np.random.default_rng(i)
+        pred = np.where(rng.random(y.size) < rng.uniform(0, 0.4), y, rng.integers(0, 6, y.size))
+        out = S.bootstrap_metrics(y, pred, n_classes=6, groups=groups, train_labels=y, n_boot=100, seed=i)
+        for k in ("balanced_accuracy", "accuracy"):
+            excludes = out["ci"][k][0] > out["baseline"][k]
+            assert excludes == (out["p_value"][k] < 0.025), (i, k, out["ci"][k], out["baseline"][k], out["p_value"][k])
+            seen.add(excludes)
+    assert seen == {True, False}  # both outcomes occurred, so the check is not vacuous
+
+
+def test_a_resample_missing_a_name_keeps_the_same_weighted_mean():
+    # Name 0: one identity, always right; names 1-3: three identities each, always wrong.
+    y = np.r_[np.zeros(5, int), np.repeat([1, 2, 3], 6)]
+    groups = np.r_[np.zeros(5, int), 1 + np.arange(18) // 2].astype(str)
+    pred = np.zeros(y.size, int)
+    out = S.bootstrap_metrics(y, pred, n_classes=4, groups=groups, train_labels=y, n_boot=2000, return_replicates=True)
+    reps = out["replicates"]["balanced_accuracy"]
+    # Averaging recall over the names a resample happens to draw puts the replicates 0.6 sd
+    # below the estimate 0.25 (35% of resamples miss name 0); fixed weights keep them centred.
+    assert abs(reps.mean() - 0.25) < 0.25 * reps.std()
+    assert not out["reliable"] and "fewer than 5 test identities" in out["reliability"][0]
+
+
+def test_reliability_flags():
+    y, groups, rng = _people(n_people=120, per=3)
+    pred = np.where(rng.random(y.size) < 0.5, y, (y + 1) % 6)
+    ok = S.bootstrap_metrics(y, pred, n_classes=6, groups=groups, n_boot=60)
+    assert ok["reliable"] and ok["identities_per_name"]["min"] >= 5
+    img = S.bootstrap_metrics(y, pred, n_classes=6, groups=None, n_boot=60)
+    assert not img["reliable"] and "no identities" in img["reliability"][0]
+    few = S.bootstrap_metrics(y, pred, n_classes=6, groups=groups, n_boot=20)
+    assert not few["reliable"] and "n_boot=20" in few["reliability"][-1]
+
+
+def test_holm_and_benjamini_hochberg_match_their_definitions():
+    from scipy.stats import false_discovery_control
+
+    p = np.array([0.01, 0.04, 0.03, 0.005, 0.2, 0.04])
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    holm_ref = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):  # Holm 1979: step down, monotone, capped at 1
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        holm_ref[i] = running
+    assert S.holm(p) == pytest.approx(holm_ref, abs=1e-12)
+    assert S.adjust_p_values(p, "bh") == pytest.approx(false_discovery_control(p, method="bh"), abs=1e-12)
+    assert (S.holm(p) >= p).all() and (S.benjamini_hochberg(p) <= S.holm(p) + 1e-12).all()
+    with pytest.raises(ValueError, match="holm, bh"):
+        S.adjust_p_values(p, "bonferroni")
+
+
 def test_paired_bootstrap_detects_a_better_model_and_ties_itself():
     y, groups, rng = _people(n_people=80, per=4)
     good = np.where(rng.random(y.size) < 0.7, y, (y + 1) % 6)
@@ -82,7 +157,18 @@ def test_paired_bootstrap_detects_a_better_model_and_ties_itself():
     out = S.paired_bootstrap(y, good, bad, n_classes=6, groups=groups, n_boot=300)
     assert out["difference"] > 0 and out["ci"][0] > 0 and out["p_value"] < 0.05
     same = S.paired_bootstrap(y, good, good, n_classes=6, groups=groups, n_boot=100)
-    assert same["difference"] == 0 and same["ci"] == [0.0, 0.0]
+    assert same["difference"] == 0 and same["ci"] == [0.0, 0.0] and same["p_value"] == 1.0
+    # CI and p from the same replicates agree; seeds combine by averaging replicates.
+    for seed in range(10):
+        close = np.where(np.random.default_rng(seed).random(y.size) < 0.05, (y + 3) % 6, good)
+        r = S.paired_bootstrap(y, good, close, n_classes=6, groups=groups, n_boot=100, seed=seed,
+                               return_replicates=True)
+        assert (r["ci"][0] > 0 or r["ci"][1] < 0) == (r["p_value"] < 0.05)
+    a = S.paired_bootstrap(y, good, bad, n_classes=6, groups=groups, n_boot=100, return_replicates=True)
+    b = S.paired_bootstrap(y, good, good, n_classes=6, groups=groups, n_boot=100, return_replicates=True)
+    both = S.combine_paired([a, b])
+    assert both["n_seeds"] == 2 and both["difference"] == pytest.approx(a["difference"] / 2)
+    assert both["ci"][0] > 0
 
 
 def test_shuffle_across_identities_keeps_people_per_name():

@@ -282,7 +282,15 @@ def doctor(as_json: bool) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 def demo(directory: str, quick: bool, device: str, no_progress: bool) -> None:
-    """Make a synthetic face-chip dataset in DIRECTORY, build a store and run the Track 3 probes on it."""
-    from facestore.demo import run_demo
+    """Make a synthetic face-chip dataset in DIRECTORY, build a store, run the Track 3 probes and write the HTML report."""
+    # The demo runs both packages, so it lives in probes (the upper layer) and is resolved here, at
+    # the CLI edge, only when asked for: facestore itself never imports probes.
+    try:
+        from probes.demo import run_demo
+    except ImportError as e:
+        raise click.ClickException(
+            f"facestore demo runs the probes package too, and it could not be imported ({e}); "
+            "install the whole distribution (pip install -e .) or run `probes demo`"
+        ) from e
 
     run_demo(directory, quick=quick, device=device, progress=not no_progress, echo=click.echo)

@@ -155,6 +155,38 @@ def compare_cmd(results_dir, n_boot, no_plots):
     click.echo(f"{len(report['experiments'])} experiments -> {report['markdown']}")
 
 
+@main.command("report")
+@click.argument("results_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Folder of the site (default: RESULTS_DIR/report).")
+@click.option("--store", "store_path", default=None, type=click.Path(),
+              help="The store the results came from, when it moved (default: each summary.json's store_path).")
+def report_cmd(results_dir, out, store_path):
+    """Write a static HTML report of RESULTS_DIR (index.html + one page per experiment) and print its path.
+
+    It renders comparison.json and every result folder; face galleries need the store and its images.
+    """
+    from probes.report import build_report
+
+    try:
+        site = build_report(results_dir, out=out, store=store_path)
+    except _expected_errors() as e:
+        _fail(e)
+    click.echo(str(site.index))
+
+
+@main.command("demo")
+@click.argument("directory", default="facestore-demo", type=click.Path(file_okay=False))
+@click.option("--quick", is_flag=True, help="A smaller dataset and fewer bootstrap draws (about a minute).")
+@click.option("--device", default="auto", show_default=True, help="cpu | cuda | cuda:N | auto")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def demo_cmd(directory, quick, device, no_progress):
+    """Make a synthetic face-chip dataset in DIRECTORY, build a store, run the Track 3 probes and write the HTML report."""
+    from probes.demo import run_demo
+
+    run_demo(directory, quick=quick, device=device, progress=not no_progress, echo=click.echo)
+
+
 for _command in COMMANDS:
     main.add_command(_command)
 main.add_command(track3_command)

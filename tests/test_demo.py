@@ -1,9 +1,11 @@
-"""The synthetic dataset and the end-to-end demo (``facestore demo``), offline."""
+"""The synthetic dataset and the end-to-end demo (``facestore demo``, ``probes demo``), offline."""
 
 from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from PIL import Image
 
 from facestore.dataset import scan_dataset
-from facestore.demo import (
+from probes.demo import (
     DISCLAIMER,
     QUICK_SETTINGS,
     make_synthetic_chips,
@@ -96,6 +98,13 @@ def test_demo_end_to_end_finds_the_planted_signal_and_reruns_cheaply(tmp_path):
     output = "\n".join(lines)
     assert DISCLAIMER in output and f"report: {report}" in output
     assert "not anything about real faces" in DISCLAIMER
+    # The HTML report: its index path is printed, every experiment that ran has a page with faces.
+    index = results / "report" / "index.html"
+    assert f"html report: {index}" in output and index.is_file()
+    html = index.read_text(encoding="utf-8")
+    for r in ran:
+        assert f'href="{Path(r["folder"]).name}.html"' in html
+    assert list((results / "report" / "thumbs").glob("*.jpg"))
 
     # Again on the same directory: the dataset is reused, the build has nothing to do, nothing re-runs.
     lines.clear()
@@ -106,3 +115,29 @@ def test_demo_end_to_end_finds_the_planted_signal_and_reruns_cheaply(tmp_path):
     assert "5 unchanged" in output
     again = json.loads((results / "track3_status.json").read_text())
     assert {r["experiment"] for r in again["records"] if r["status"] == "unchanged"} == {r["experiment"] for r in ran}
+
+
+def test_demo_lives_above_both_packages_and_both_clis_reach_it(tmp_path, monkeypatch):
+    """facestore never imports probes; ``facestore demo`` and ``probes demo`` resolve probes.demo when run."""
+    code = "import sys, facestore, facestore.cli; sys.exit(sorted(m for m in sys.modules if m.split('.')[0] == 'probes'))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+    from click.testing import CliRunner
+
+    import probes.demo
+    from facestore.cli import main as facestore_main
+    from probes.cli import main as probes_main
+
+    calls = []
+    monkeypatch.setattr(probes.demo, "run_demo", lambda directory, **kw: calls.append((directory, kw)))
+    for main in (facestore_main, probes_main):
+        res = CliRunner().invoke(main, ["demo", str(tmp_path / "d"), "--quick", "--device", "cpu", "--no-progress"])
+        assert res.exit_code == 0, res.output
+    assert [c[0] for c in calls] == [str(tmp_path / "d")] * 2
+    assert all(c[1]["quick"] and c[1]["device"] == "cpu" and not c[1]["progress"] for c in calls)
+
+    # Without the probes package, facestore demo says what to install instead of a traceback.
+    monkeypatch.setitem(sys.modules, "probes.demo", None)
+    res = CliRunner().invoke(facestore_main, ["demo", str(tmp_path / "d")])
+    assert res.exit_code == 1 and "could not be imported" in res.output and "pip install -e ." in res.output

@@ -1,4 +1,4 @@
-"""A synthetic face-chip dataset and the end-to-end demo behind ``facestore demo``.
+"""A synthetic face-chip dataset and the end-to-end demo behind ``facestore demo`` and ``probes demo``.
 
 The chips are drawn, not photographed: a face-shaped ellipse on a background, with hair, eyes,
 brows and a mouth. Every *person* has fixed identity attributes (skin tone, hair colour and
@@ -10,9 +10,12 @@ shift, scale, lighting, sensor noise), so a probe must generalise across people,
 pixels.
 
 ``run_demo`` makes that dataset, builds a store with the two weight-free registry models
-(``pixels-32`` and ``random-vit-tiny``), runs ``probes track3`` on it and returns the path of
-``track3_comparison.md``. Nothing is downloaded. The numbers it prints show the workflow working
-end to end; they say nothing about real faces.
+(``pixels-32`` and ``random-vit-tiny``), runs ``probes track3`` on it, writes the HTML report
+(``probes report``) and returns the path of ``track3_comparison.md``. Nothing is downloaded. The
+numbers it prints show the workflow working end to end; they say nothing about real faces.
+
+The demo runs both packages, so it lives here, in the upper one: ``facestore demo`` imports this
+module only when the command runs, and facestore itself never imports probes.
 """
 
 from __future__ import annotations
@@ -256,12 +259,14 @@ def run_demo(
     """Make a synthetic dataset, build a store with the weight-free models, run ``probes track3``.
 
     Writes ``directory/data`` (the chips), ``directory/store`` (the store with ``pixels-32`` and
-    ``random-vit-tiny``) and ``directory/results`` (the result folders and
-    ``track3_comparison.md``), and returns the path of ``track3_comparison.md``. Running it again
+    ``random-vit-tiny``), ``directory/results`` (the result folders and
+    ``track3_comparison.md``) and ``directory/results/report`` (the HTML report, whose
+    ``index.html`` it prints), and returns the path of ``track3_comparison.md``. Running it again
     on the same directory reuses the dataset, resumes the build (nothing left to do) and skips
     the experiments whose inputs did not change. Nothing is downloaded.
     """
     from facestore.build import build_store
+    from probes.report import build_report
     from probes.track3 import run_track3
 
     settings = QUICK_SETTINGS if quick else DEMO_SETTINGS
@@ -269,9 +274,9 @@ def run_demo(
     data, store_path, results = base / "data", base / "store", base / "results"
     t0 = time.perf_counter()
     if (data / "manifest.csv").is_file():
-        echo(f"[1/3] reusing the synthetic dataset in {data}")
+        echo(f"[1/4] reusing the synthetic dataset in {data}")
     else:
-        echo(f"[1/3] drawing synthetic face chips into {data}")
+        echo(f"[1/4] drawing synthetic face chips into {data}")
         bar = _progress_bar(progress, "chips")
         ds = make_synthetic_chips(data, n_names=settings.n_names, people_per_name=settings.people_per_name,
                                   images_per_person=settings.images_per_person,
@@ -280,11 +285,11 @@ def run_demo(
             bar.close()
         echo(f"      {ds.n_images} images of {ds.n_people} people, {len(ds.names)} names "
              f"(people per name: {', '.join(f'{n} {c}' for n, c in zip(ds.names, ds.people_per_name))})")
-    echo(f"[2/3] building {store_path} with {', '.join(DEMO_MODELS)} (weight-free, no download)")
+    echo(f"[2/4] building {store_path} with {', '.join(DEMO_MODELS)} (weight-free, no download)")
     build = build_store(data, store_path, list(DEMO_MODELS), device=device, workers=0,
                         batch_size=32, progress=progress)
     echo("      " + build.summary().replace("\n", "\n      "))
-    echo(f"[3/3] running probes track3 -> {results}")
+    echo(f"[3/4] running probes track3 -> {results}")
     report = run_track3(store_path, results, names=settings.names, device=device, n_boot=settings.n_boot,
                         progress=progress, echo=lambda line: echo(f"      {line}"))
     ran = [r for r in report.records if r.balanced_accuracy is not None]
@@ -295,7 +300,10 @@ def run_demo(
     skipped = {r.experiment for r in report.by_status("skipped")}
     echo(f"{len(skipped)} experiments were skipped because their models are not in this store "
          "(the report lists what each needs).")
+    echo(f"[4/4] writing the HTML report (probes report {results})")
+    site = build_report(results, store=store_path)
     echo(f"report: {report.comparison}")
+    echo(f"html report: {site.index}")
     echo(DISCLAIMER)
     echo(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return report.comparison

@@ -1,310 +1,834 @@
 """``probes compare``: one report over every result folder (the plan's ``track3_comparison.md``).
 
-Data first: :func:`compare_results` builds rows (one per experiment), the plan's targets, paired
-comparisons against the best experiment of each name task, a ranking of embeddings and
-recommendations, writes them as ``comparison.json`` / ``comparison.csv``, then renders the
-markdown and the PNG plots from that data.
+Data first: :func:`compare_results` reads every result folder (refusing, with a listed reason,
+any whose files disagree with its manifest), builds one row per folder, sets the controls
+apart, runs the tests the report states (above-baseline tests corrected for multiplicity,
+paired comparisons against a pre-declared reference, rankings on the images every model
+embedded), and writes all of it as ``comparison.json`` / ``comparison.csv``. The markdown
+(:mod:`probes.compare_markdown`) and the plots (:mod:`probes.plots`) only render that data, so
+a sentence of the report can never disagree with a number of it.
+
+Reporting rules (docs/probes.md, "Reporting rules"):
+
+- Only rows of identity (or pseudo-identity) disjoint splits that are not controls are
+  *ranked*: counted for "best", for the plan's targets and for "which embeddings". Image-level
+  splits, shuffled-name nulls, permutation nulls and leak audits are listed under
+  ``controls``.
+- Every "above its baseline" flag uses a multiplicity-adjusted one-sided p-value (Holm by
+  default, Benjamini-Hochberg with ``correction="bh"``) below 0.025, the level of the 95%
+  CIs shown beside it. Raw and adjusted p are both in the data.
+- Paired comparisons are made only against the reference (``reference``; default the plan's
+  CLIP ViT-B-32 linear baseline ``clip_linear`` when present), only on the test images both
+  scored on the same split, and are corrected the same way. A comparison that could not be
+  made is recorded with its reason, never dropped.
+- "Best" is chosen on the mean over seeds, or, where experiments ran once, on their
+  validation score; never on the largest single test score.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as _dt
 import json
 from pathlib import Path
 
 import numpy as np
 
+from probes.errors import ResultFormatError
 from probes.results import find_results, read_result
-from probes.stats import paired_bootstrap
+from probes.stats import CORRECTIONS, adjust_p_values, combine_paired, paired_bootstrap
 
-__all__ = ["PLAN_TARGETS", "compare_results"]
+__all__ = ["CONTROL_SECTIONS", "DEFAULT_REFERENCE", "PLAN_TARGETS", "SCHEMA", "compare_results"]
 
-# The plan's "Success Criteria": CLIP ViT-B-32 linear probe baselines and the targets (top-1).
+SCHEMA = {"name": "probes.comparison", "version": 2}
+# The plan's "Success Criteria": CLIP ViT-B-32 linear probe baselines and targets. Top-1 and
+# prediction-CV targets are judged only on tasks with the plan's number of names.
 PLAN_TARGETS = (
     {"metric": "Accuracy (30 names)", "key": "accuracy", "task": "30", "baseline": 0.139, "target": 0.15, "better": "higher"},
     {"metric": "Accuracy (500 names)", "key": "accuracy", "task": "500", "baseline": 0.03, "target": 0.04, "better": "higher"},
-    {"metric": "Prediction CV", "key": "prediction_cv", "task": "any", "baseline": 0.40, "target": 0.35, "better": "lower"},
+    {"metric": "Prediction CV (30 names)", "key": "prediction_cv", "task": "30", "baseline": 0.40, "target": 0.35, "better": "lower"},
+    {"metric": "Prediction CV (500 names)", "key": "prediction_cv", "task": "500", "baseline": 0.40, "target": 0.35, "better": "lower"},
 )
-ALPHA = 0.05
+DEFAULT_REFERENCE = "clip_linear"  # the plan's baseline, re-measured under this protocol
+ONE_SIDED_ALPHA = 0.025  # the level of the 95% CIs: above-baseline and permutation tests
+TWO_SIDED_ALPHA = 0.05  # paired comparisons
+MIN_COMMON_IMAGES = 10
+MIN_NAMES_F1_PLOT = 10
+TOPK = 5
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _split_kind(split: dict) -> str:
+    src = split.get("identity_source")
+    if src is None:
+        return "image"
+    return "identity" if src == "identity" else "pseudo-identity"
+
+
+def _control_kind(summary: dict, split_kind: str) -> str | None:
+    declared = summary.get("control")
+    if isinstance(declared, dict) and declared.get("kind"):
+        return str(declared["kind"])
+    if summary.get("family") == "audit":
+        return "leak audit"
+    if split_kind == "image":
+        return "image-level split"
+    return None
+
+
+def _plan_experiment(res) -> str | None:
+    """The Track 3 experiment a folder belongs to (``probes track3`` writes fingerprint.json)."""
+    fp = res.path / "fingerprint.json"
+    if fp.is_file():
+        try:
+            return json.loads(fp.read_text()).get("experiment")
+        except (json.JSONDecodeError, AttributeError):
+            return None
+    return None
+
+
+def _validation_score(summary: dict, config: dict) -> float | None:
+    """The balanced accuracy the family selected on, on validation, when it recorded one."""
+    sel = summary.get("selection")
+    if isinstance(sel, dict) and sel.get("metric") == "balanced_accuracy" and sel.get("validation_score") is not None:
+        return float(sel["validation_score"])
+    probe = summary.get("probe") or {}
+    if (config or {}).get("scoring", "balanced_accuracy") == "balanced_accuracy":
+        for key in ("best_val_score", "linear_best_val_score"):
+            if isinstance(probe.get(key), (int, float)):
+                return float(probe[key])
+    return None
+
+
+def _forced_choice(summary: dict) -> dict | None:
+    """The 2-way popularity-matched forced choice (Zwebner's design with frequency-matched foils)."""
+    fc = (summary.get("extra") or {}).get("forced_choice") or []
+    pick = [e for e in fc if e.get("n_way") == 2 and e.get("foils") == "popularity"] or \
+        [e for e in fc if e.get("n_way") == 2]
+    if not pick:
+        return None
+    e = pick[0]
+    pc, raw, prior = e["prior_corrected"], e["raw"], e["prior_only"]
+    null = e.get("null") or {}
+    return {
+        "n_way": e["n_way"], "foils": e["foils"], "chance": e["chance"], "n_trials": e.get("n_trials"),
+        "prior_corrected": pc["accuracy"], "prior_corrected_lo": pc["ci_low"], "prior_corrected_hi": pc["ci_high"],
+        "raw": raw["accuracy"], "prior_only": prior["accuracy"],
+        "ci_above_chance": bool(pc["ci_low"] > e["chance"]),
+        "null_mean": null.get("mean"), "null_p": null.get("p_value"), "null_repeats": null.get("repeats"),
+    }
 
 
 def _row(res) -> dict:
     s = res.summary
     m, ci, ch = s["metrics"], s["ci"], s["chance"]
+    base, pv = s.get("baseline") or {}, s["p_value"]
+    cal = s.get("calibration") or {}
+    split = s.get("split") or {}
+    kind = _split_kind(split)
+    cm = s.get("ci_method") or {}
     perm = s.get("permutation") or {}
+    n_names = int(s["name_task"]["n_names"])
+    flags = cm.get("ci_flags") or {}
+
+    def interval(metric):  # an interval that failed the bias check is not shown
+        v = ci.get(metric)
+        return [None, None] if v is None or metric in flags else v
+
+    show_top5 = TOPK < n_names / 2 and m.get("top5_accuracy") is not None
+    warnings = [str(w) for w in s.get("warnings", [])]
+    leakage = None
+    if kind == "image":
+        leakage = ("image-level split: the same person can be in train and test, so the score can be inflated "
+                   "by identity leakage")
     return {
         "experiment": res.experiment,
+        "plan_experiment": _plan_experiment(res),
         "family": s.get("family"),
         "model": s.get("model"),
         "view": s.get("view"),
         "task": s["name_task"]["spec"],
-        "n_names": s["name_task"]["n_names"],
-        "n_test": m["n_test"],
+        "n_names": n_names,
+        "task_key": f"{s['name_task']['spec']} ({n_names} names)",
+        "n_test": int(m["n_test"]),
+        "n_test_identities": m.get("n_test_identities"),
+        "n_classes_in_test": m.get("n_classes_in_test"),
         "balanced_accuracy": m["balanced_accuracy"],
         "ba_lo": ci["balanced_accuracy"][0],
         "ba_hi": ci["balanced_accuracy"][1],
+        "baseline_balanced": base.get("balanced_accuracy"),
         "chance_uniform": ch["uniform"],
+        "p_balanced": pv["balanced_accuracy"],
         "accuracy": m["accuracy"],
         "acc_lo": ci["accuracy"][0],
         "acc_hi": ci["accuracy"][1],
+        "baseline_top1": base.get("accuracy"),
         "majority": ch["majority"],
         "prior_matched": ch["prior_matched"],
-        "top5_accuracy": m.get("top5_accuracy"),
+        "p_top1": pv.get("accuracy"),
+        "top5_accuracy": m.get("top5_accuracy") if show_top5 else None,
+        "top5_note": None if show_top5 else f"omitted: top-{TOPK} of {n_names} names is not informative (k >= C/2)",
         "macro_f1": m["macro_f1"],
         "prediction_cv": m["prediction_cv"],
-        "distinct_predicted": m["distinct_predicted"],
-        "p_balanced": s["p_value"]["balanced_accuracy"],
-        "p_top1": s["p_value"].get("accuracy"),
-        "significant": bool(s["significant"]),
+        "pred_cv_lo": interval("prediction_cv")[0],
+        "pred_cv_hi": interval("prediction_cv")[1],
+        "label_cv": m.get("label_cv"),
+        "cv_excess_lo": interval("cv_excess")[0],
+        "cv_excess_hi": interval("cv_excess")[1],
+        "ci_flags": dict(flags),
+        "nll": cal.get("nll"),
+        "ece": cal.get("ece"),
+        "brier": cal.get("brier"),
+        "calibration_source": cal.get("source"),
+        "ci_method": cm.get("method"),
+        "ci_interval": cm.get("interval"),
+        "ci_reliable": bool(cm.get("reliable", False)),
+        "ci_reliability": list(cm.get("reliability", [])),
+        "permutation_n": perm.get("n"),
         "permutation_p": perm.get("p_value"),
-        "ci_method": s["ci_method"]["method"],
-        "split": s["split"].get("name"),
-        "split_hash": s["split"].get("hash"),
+        "permutation_null_mean": perm.get("null_mean"),
+        "permutation_null_max": perm.get("null_max"),
+        "forced_choice": _forced_choice(s),
+        "validation_score": _validation_score(s, res.config),
+        "split": split.get("name"),
+        "split_hash": split.get("hash"),
+        "split_kind": kind,
+        "split_seed": split.get("seed"),
         "seed_group": (s.get("extra") or {}).get("seed_group"),
         "balance": (res.config or {}).get("balance"),
-        "warnings": len(s.get("warnings", [])),
+        "control": _control_kind(s, kind),
+        "leakage_warning": leakage,
+        "warnings": warnings,
         "path": str(res.path),
     }
 
 
-def _task_key(row) -> str:
-    return f"{row['task']} ({row['n_names']} names)"
+def _group_key(row) -> str:
+    return row["seed_group"] or row["experiment"]
 
 
-def _paired(best, other, n_boot, seed) -> dict | None:
-    """Paired bootstrap of ``other - best`` on the test images both scored (same names)."""
-    if list(best.names) != list(other.names):
-        return None
-    common, ib, io = np.intersect1d(best.image_ids, other.image_ids, return_indices=True)
-    if common.size < 0.5 * max(best.image_ids.size, other.image_ids.size) or common.size < 10:
-        return None
-    if not np.array_equal(best.true_labels[ib], other.true_labels[io]):
-        return None
-    groups = best.groups[ib] if best.groups is not None else None
-    out = paired_bootstrap(
-        best.true_labels[ib], other.predictions[io], best.predictions[ib], n_classes=len(best.names),
-        groups=groups, n_boot=n_boot, seed=seed,
-    )
-    out["n_common"] = int(common.size)
-    return out
+# --------------------------------------------------------------------------- multiplicity
 
 
-def _seed_groups(rows) -> list[dict]:
-    groups: dict[str, list[dict]] = {}
+def _family(name: str, description: str, tests: list[tuple[dict, str, str]], *, correction: str, alpha: float,
+            adjusted_key: str, flag_key: str | None) -> dict:
+    """Adjust the p-values ``row[p_key]`` of ``tests`` ((row, id, p_key)) together; write the
+    adjusted p into ``row[adjusted_key]`` and the decision into ``row[flag_key]``."""
+    tests = [(r, tid, k) for r, tid, k in tests if r.get(k) is not None]
+    adj = adjust_p_values([r[k] for r, _, k in tests], correction) if tests else np.array([])
+    entries = []
+    for (r, tid, k), a in zip(tests, adj):
+        r[adjusted_key] = float(a)
+        if flag_key:
+            r[flag_key] = bool(a < alpha)
+        entries.append({"test": tid, "p_raw": float(r[k]), "p_adjusted": float(a), "rejected": bool(a < alpha)})
+    return {"name": name, "description": description, "correction": correction, "alpha": alpha,
+            "n_tests": len(entries), "tests": entries}
+
+
+# --------------------------------------------------------------------------- groups and selection
+
+
+def _groups(rows: list[dict]) -> dict[str, dict[str, list[dict]]]:
+    """task -> group key -> rows (one per seed)."""
+    out: dict[str, dict[str, list[dict]]] = {}
     for r in rows:
-        if r["seed_group"]:
-            groups.setdefault(r["seed_group"], []).append(r)
-    out = []
-    for name, rs in sorted(groups.items()):
-        ba = np.array([r["balanced_accuracy"] for r in rs])
-        acc = np.array([r["accuracy"] for r in rs])
-        out.append({
-            "seed_group": name, "task": _task_key(rs[0]), "n_seeds": len(rs),
-            "balanced_accuracy_mean": float(ba.mean()), "balanced_accuracy_std": float(ba.std(ddof=1)) if len(rs) > 1 else 0.0,
-            "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(ddof=1)) if len(rs) > 1 else 0.0,
-            "chance_uniform": rs[0]["chance_uniform"],
-        })
+        out.setdefault(r["task_key"], {}).setdefault(_group_key(r), []).append(r)
     return out
 
 
-def _targets(rows) -> list[dict]:
+def _group_summary(key: str, rs: list[dict]) -> dict:
+    ba = np.array([r["balanced_accuracy"] for r in rs])
+    acc = np.array([r["accuracy"] for r in rs])
+    val = [r["validation_score"] for r in rs]
+    first = rs[0]
+    return {
+        "group": key, "seed_group": key if len(rs) > 1 else None, "task": first["task_key"], "n_seeds": len(rs),
+        "experiments": [r["experiment"] for r in rs],
+        "family": first["family"], "model": first["model"], "view": first["view"],
+        "plan_experiment": first["plan_experiment"],
+        "balanced_accuracy_mean": float(ba.mean()),
+        "balanced_accuracy_std": float(ba.std(ddof=1)) if len(rs) > 1 else None,
+        "accuracy_mean": float(acc.mean()),
+        "accuracy_std": float(acc.std(ddof=1)) if len(rs) > 1 else None,
+        "validation_score": float(np.mean(val)) if all(v is not None for v in val) else None,
+        "chance_uniform": first["chance_uniform"],
+        "n_above_baseline": int(sum(bool(r.get("above_baseline")) for r in rs)),
+    }
+
+
+def _select_best(summaries: list[dict]) -> dict:
+    """The task's best group, chosen on seed means, else on validation, never on one test score."""
+    if len(summaries) < 2:
+        return {"experiment": None, "basis": None,
+                "reason": "only one experiment on this task: nothing to choose between", "candidates": [],
+                "not_ranked": []}
+    seeded = [g for g in summaries if g["n_seeds"] > 1]
+    if seeded:
+        pick = max(seeded, key=lambda g: g["balanced_accuracy_mean"])
+        return {"experiment": pick["group"], "basis": "mean test balanced accuracy over seeds",
+                "value": pick["balanced_accuracy_mean"], "n_seeds": pick["n_seeds"],
+                "candidates": [g["group"] for g in seeded],
+                "not_ranked": [g["group"] for g in summaries if g["n_seeds"] < 2],
+                "reason": None}
+    with_val = [g for g in summaries if g["validation_score"] is not None]
+    if len(with_val) >= 2:
+        pick = max(with_val, key=lambda g: g["validation_score"])
+        return {"experiment": pick["group"], "basis": "validation balanced accuracy (the score it was selected on)",
+                "value": pick["validation_score"], "n_seeds": 1, "candidates": [g["group"] for g in with_val],
+                "not_ranked": [g["group"] for g in summaries if g["validation_score"] is None], "reason": None}
+    return {"experiment": None, "basis": None, "candidates": [], "not_ranked": [g["group"] for g in summaries],
+            "reason": ("every experiment ran on one split and fewer than two recorded a validation score: "
+                       "no best is chosen from single test scores (run with --seeds K)")}
+
+
+# --------------------------------------------------------------------------- paired
+
+
+def _resolve_reference(rows: list[dict], reference: str | None) -> tuple[str | None, str]:
+    names = {r["experiment"] for r in rows} | {r["seed_group"] for r in rows if r["seed_group"]} | \
+        {r["plan_experiment"] for r in rows if r["plan_experiment"]}
+    if reference is not None:
+        if reference not in names:
+            raise ResultFormatError(
+                f"--reference {reference!r} matches no ranked experiment; known: {', '.join(sorted(names)) or 'none'}")
+        return reference, "declared (--reference)"
+    if DEFAULT_REFERENCE in names:
+        return DEFAULT_REFERENCE, "the plan's CLIP ViT-B-32 linear baseline (default)"
+    return None, (f"no reference: the plan's baseline {DEFAULT_REFERENCE} is not among the results and none was "
+                  "declared (--reference EXPERIMENT)")
+
+
+def _matches(row, reference) -> bool:
+    return reference in (row["experiment"], row["seed_group"], row["plan_experiment"])
+
+
+def _paired_one(ref_res, other_res, *, n_boot: int, seed: int) -> dict:
+    """Paired bootstrap of ``other - reference`` on the test images both scored, or the reason why not."""
+    if list(ref_res.names) != list(other_res.names):
+        return {"reason": "different name lists"}
+    common, ir, io = np.intersect1d(ref_res.image_ids, other_res.image_ids, return_indices=True)
+    if common.size < MIN_COMMON_IMAGES:
+        return {"reason": f"different test images ({common.size} in common)"}
+    if not np.array_equal(ref_res.true_labels[ir], other_res.true_labels[io]):
+        return {"reason": "the same images carry different labels (different stores?)"}
+    groups = ref_res.groups[ir] if ref_res.groups is not None else None
+    out = paired_bootstrap(ref_res.true_labels[ir], other_res.predictions[io], ref_res.predictions[ir],
+                           n_classes=len(ref_res.names), groups=groups, n_boot=n_boot, seed=seed,
+                           return_replicates=True)
+    out["n_common"] = int(common.size)
+    out["n_dropped"] = int(max(ref_res.image_ids.size, other_res.image_ids.size) - common.size)
+    return out
+
+
+def _paired(task_groups, results_by_path, reference, *, n_boot: int, seed: int) -> list[dict]:
+    """Every ranked group of a task against the reference group, per shared split, seeds combined."""
+    out = []
+    for task, groups in task_groups.items():
+        ref_key = next((k for k, rs in groups.items() if any(_matches(r, reference) for r in rs)), None)
+        for key, rs in groups.items():
+            if key == ref_key:
+                continue
+            entry = {"task": task, "experiment": key, "reference": ref_key, "metric": "balanced_accuracy"}
+            if ref_key is None:
+                out.append({**entry, "status": "not compared",
+                            "reason": f"the reference {reference} did not run on this task"})
+                continue
+            by_split = {r["split_hash"]: r for r in groups[ref_key]}
+            made, reasons = [], []
+            for r in rs:
+                ref_row = by_split.get(r["split_hash"])
+                if ref_row is None:
+                    reasons.append(f"{r['experiment']}: different test images (split {r['split']} has no "
+                                   "reference run)")
+                    continue
+                res = _paired_one(results_by_path[ref_row["path"]], results_by_path[r["path"]], n_boot=n_boot,
+                                  seed=seed)
+                if "reason" in res:
+                    reasons.append(f"{r['experiment']}: {res['reason']}")
+                else:
+                    made.append(res)
+            if not made:
+                out.append({**entry, "status": "not compared", "reason": "; ".join(reasons)})
+                continue
+            comb = combine_paired(made, alpha=TWO_SIDED_ALPHA)
+            out.append({**entry, "status": "compared", "reason": "; ".join(reasons) or None,
+                        "difference": comb["difference"], "ci": comb["ci"], "p_raw": comb["p_value"],
+                        "n_seeds": comb["n_seeds"], "per_seed": comb["per_seed"],
+                        "n_common": int(sum(m["n_common"] for m in made)),
+                        "n_dropped": int(sum(m["n_dropped"] for m in made)), "method": comb["method"]})
+    return out
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def _targets(task_groups, best_by_task) -> list[dict]:
     out = []
     for t in PLAN_TARGETS:
-        if t["task"] in ("30", "500"):
-            # A top-1 target only means something on a task with that many names: 62% on 6 names
-            # says nothing about the 500-name target.
-            cand = [r for r in rows if r["n_names"] == int(t["task"])]
-        else:
-            # Judge the balance target on experiments with real signal: a chance-level probe
-            # can have any prediction CV.
-            cand = [r for r in rows if r["significant"]] or list(rows)
-        if not cand:
-            out.append({**t, "best_experiment": None, "value": None, "met": None, "beats_baseline": None})
+        n = int(t["task"])
+        tasks = [task for task, groups in task_groups.items() if next(iter(groups.values()))[0]["n_names"] == n]
+        entry = {**t, "best_experiment": None, "value": None, "met": None, "beats_baseline": None, "note": None}
+        if not tasks:
+            entry["note"] = f"no {n}-name experiment"
+            out.append(entry)
             continue
-        pick = max if t["better"] == "higher" else min
-        best = pick(cand, key=lambda r: r[t["key"]])
-        v = best[t["key"]]
-        met = v > t["target"] if t["better"] == "higher" else v < t["target"]
-        beats = v > t["baseline"] if t["better"] == "higher" else v < t["baseline"]
-        out.append({**t, "best_experiment": f"{best['experiment']} ({best['n_names']} names)", "value": v, "met": bool(met), "beats_baseline": bool(beats)})
+        # The task's best (chosen on seeds or validation), never the largest single test score.
+        task = tasks[0]
+        best = best_by_task[task]
+        if best["experiment"] is None:
+            groups = task_groups[task]
+            if len(groups) != 1:
+                entry["note"] = f"{task}: no best chosen ({best['reason']})"
+                out.append(entry)
+                continue
+            key = next(iter(groups))
+        else:
+            key = best["experiment"]
+        rs = task_groups[task][key]
+        value = float(np.mean([r[t["key"]] for r in rs]))
+        entry.update({"task_key": task, "best_experiment": key, "value": value, "n_seeds": len(rs)})
+        if t["key"] == "accuracy":
+            lo = float(np.mean([r["acc_lo"] for r in rs]))
+            entry.update({"ci_lo": lo, "met": bool(value > t["target"]), "beats_baseline": bool(value > t["baseline"]),
+                          "ci_above_target": bool(lo > t["target"])})
+        else:
+            label_cv = float(np.mean([r["label_cv"] for r in rs]))
+            entry["label_cv"] = label_cv
+            if label_cv >= t["target"]:
+                # A perfect classifier has the CV of the true labels: the target is not a goal here.
+                entry["note"] = (f"not judged: the true test labels themselves have CV {label_cv:.3f} >= "
+                                 f"{t['target']}, so meeting the target would mean under-predicting frequent names")
+            else:
+                entry.update({"met": bool(value < t["target"]), "beats_baseline": bool(value < t["baseline"])})
+        out.append(entry)
     return out
 
 
-def _recommendations(rows, by_task, paired, seeds) -> list[str]:
+# --------------------------------------------------------------------------- embeddings
+
+
+def _embeddings(task_groups, results_by_path) -> dict[str, list[dict]]:
+    """Per task and probe family: models ranked on the test images every one of them scored."""
+    from probes.metrics import balanced_accuracy
+
+    out: dict[str, list[dict]] = {}
+    for task, groups in task_groups.items():
+        by_family: dict[str, dict[str, list[dict]]] = {}
+        for key, rs in groups.items():
+            model = rs[0]["model"] or key
+            by_family.setdefault(rs[0]["family"] or "?", {}).setdefault(model, []).append({"group": key, "rows": rs})
+        rankings = []
+        for family, models in sorted(by_family.items()):
+            # One entry per model: if a model has several experiments of this family (e.g. a
+            # balanced variant), the one chosen on seeds/validation is not known here: list each.
+            entries = [(m, e) for m, es in models.items() for e in es]
+            splits = set.intersection(*({r["split_hash"] for r in e["rows"]} for _, e in entries))
+            ranking = {"family": family, "task": task, "entries": [], "basis": None, "n_images": None,
+                       "flag": None}
+            if len(entries) > 1 and splits:
+                per_split_common = {}
+                for h in splits:
+                    ids = [results_by_path[next(r["path"] for r in e["rows"] if r["split_hash"] == h)].image_ids
+                           for _, e in entries]
+                    per_split_common[h] = ids[0]
+                    for x in ids[1:]:
+                        per_split_common[h] = np.intersect1d(per_split_common[h], x)
+                n_common = int(sum(v.size for v in per_split_common.values()))
+                n_each = [int(sum(r["n_test"] for r in e["rows"] if r["split_hash"] in splits)) for _, e in entries]
+                same = all(n == n_common for n in n_each)
+                ranking["n_images"] = n_common
+                ranking["basis"] = ("all test images (every model scored the same images)" if same else
+                                    f"the {n_common} test images every model scored")
+                if not same:
+                    ranking["flag"] = (f"the models scored different test images ({min(n_each)}-{max(n_each)}); "
+                                       f"ranked on the {n_common} they share")
+                for model, e in entries:
+                    vals = []
+                    for h in splits:
+                        row = next(r for r in e["rows"] if r["split_hash"] == h)
+                        res = results_by_path[row["path"]]
+                        keep = np.isin(res.image_ids, per_split_common[h])
+                        vals.append(balanced_accuracy(res.true_labels[keep], res.predictions[keep]))
+                    ranking["entries"].append({
+                        "model": model, "experiment": e["group"], "family": family, "n_seeds": len(splits),
+                        "balanced_accuracy": float(np.mean(vals)),
+                        "above_baseline": [bool(r.get("above_baseline")) for r in e["rows"]],
+                        "chance_uniform": e["rows"][0]["chance_uniform"]})
+            else:
+                ranking["basis"] = ("one model only" if len(entries) == 1 else
+                                    "listed, not ranked: the models ran on different splits (no common test images)")
+                for model, e in entries:
+                    ranking["entries"].append({
+                        "model": model, "experiment": e["group"], "family": family, "n_seeds": len(e["rows"]),
+                        "balanced_accuracy": float(np.mean([r["balanced_accuracy"] for r in e["rows"]])),
+                        "above_baseline": [bool(r.get("above_baseline")) for r in e["rows"]],
+                        "chance_uniform": e["rows"][0]["chance_uniform"]})
+            if ranking["n_images"] is not None or len(entries) == 1:
+                ranking["entries"].sort(key=lambda x: -x["balanced_accuracy"])
+            rankings.append(ranking)
+        out[task] = rankings
+    return out
+
+
+# --------------------------------------------------------------------------- controls
+
+
+def _section_split_controls(rows, results_by_path) -> dict | None:
+    cols = ["experiment", "task_key", "control", "n_test", "n_test_identities", "balanced_accuracy", "ba_lo", "ba_hi",
+            "chance_uniform", "accuracy", "majority", "note"]
+    items = [{**{c: r.get(c) for c in cols}, "note": r["leakage_warning"] or (r["warnings"][0] if r["warnings"] else "")}
+             for r in rows if r["control"] is not None]
+    if not items:
+        return None
+    return {"kind": "control rows", "title": "Control results (never ranked, never counted for the plan's targets)",
+            "labels": ["experiment", "task", "control", "test images", "test identities", "balanced acc.", "CI low",
+                       "CI high", "chance", "top-1", "majority", "note"],
+            "description": ("Results on image-level splits (the same person can be in train and test), declared "
+                            "nulls (e.g. names shuffled across identities) and leak audits. Their numbers say how "
+                            "much leakage or chance alone can score; they are not evidence of name signal."),
+            "columns": cols, "rows": items}
+
+
+def _section_permutation(rows, results_by_path) -> dict | None:
+    cols = ["experiment", "task_key", "permutation_n", "balanced_accuracy", "permutation_null_mean",
+            "permutation_null_max", "permutation_p", "permutation_p_adj", "min_attainable_p", "beyond_null"]
+    items = [{**{c: r.get(c) for c in cols}, "min_attainable_p": 1.0 / (r["permutation_n"] + 1)}
+             for r in rows if r.get("permutation_n")]
+    if not items:
+        return None
+    return {"kind": "permutation null", "title": "Permutation nulls (names shuffled across identities, whole fit repeated)",
+            "labels": ["experiment", "task", "refits N", "balanced acc.", "null mean", "null max", "p raw", "p adj.",
+                       "smallest possible p", "beyond the null"],
+            "description": ("Each refit keeps the number of people per name, so name frequency alone is in the "
+                            "null. p = (1 + #null >= observed) / (1 + N) can never be below 1 / (N + 1)."),
+            "columns": cols, "rows": items}
+
+
+def _section_forced_choice_null(rows, results_by_path) -> dict | None:
+    cols = ["experiment", "task_key", "n_way", "foils", "chance", "prior_corrected", "null_mean", "null_repeats",
+            "null_p"]
+    items = []
+    for r in rows:
+        fc = r.get("forced_choice")
+        if fc and fc.get("null_repeats"):
+            items.append({"experiment": r["experiment"], "task_key": r["task_key"],
+                          **{c: fc.get(c) for c in cols[2:]}})
+    if not items:
+        return None
+    return {"kind": "forced-choice null", "title": "Forced-choice shuffled-name nulls",
+            "labels": ["experiment", "task", "n-way", "foils", "chance", "prior-corrected", "null mean",
+                       "null repeats", "null p"],
+            "description": "The prior-corrected forced-choice score recomputed with names shuffled across identities.",
+            "columns": cols, "rows": items}
+
+
+# Each builder takes (all rows, results by path) and returns a section dict or None. Other
+# reports (covariate controls, issue 12) add their builders here.
+CONTROL_SECTIONS = [_section_split_controls, _section_permutation, _section_forced_choice_null]
+
+
+# --------------------------------------------------------------------------- recommendations
+
+
+def _rec(kind: str, text: str, **evidence) -> dict:
+    return {"kind": kind, "text": text, "evidence": evidence}
+
+
+def _recommendations(task_groups, best_by_task, paired, ranked, controls_rows, reference, correction,
+                     n_boot_of) -> list[dict]:
     recs = []
-    for task, rs in by_task.items():
-        best = max(rs, key=lambda r: r["balanced_accuracy"])
-        sig = [r for r in rs if r["significant"]]
-        if not sig:
-            recs.append(
-                f"{task}: no experiment beats chance (best balanced accuracy {best['balanced_accuracy']:.4f}, "
-                f"CI [{best['ba_lo']:.4f}, {best['ba_hi']:.4f}] vs chance {best['chance_uniform']:.4f}); "
-                "do not invest further in these embeddings for this task without a new idea."
-            )
-            continue
-        ties = [
-            name for name, p in paired.get(task, {}).items()
-            if p is not None and name != best["experiment"] and p["ci"][0] <= 0 <= p["ci"][1]
-        ]
-        lift = best["balanced_accuracy"] / best["chance_uniform"]
-        line = (
-            f"{task}: {best['experiment']} carries the most signal: balanced accuracy "
-            f"{best['balanced_accuracy']:.4f} ({lift:.1f}x chance, p={best['p_balanced']:.3g})."
-        )
-        if ties:
-            line += f" Not distinguishable from it on the same test images: {', '.join(sorted(ties))}; prefer the cheapest."
-        else:
-            line += " Every other experiment is significantly worse on the same test images."
-        recs.append(line)
-        freq = [r["experiment"] for r in rs if r["p_top1"] is not None and r["p_top1"] < ALPHA and not r["significant"]]
+    name = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[correction]
+    for task, groups in task_groups.items():
+        rows = [r for rs in groups.values() for r in rs]
+        above = [r for r in rows if r.get("above_baseline")]
+        if not above:
+            best_p = min(rows, key=lambda r: r["p_balanced_adj"])
+            floor = 1.0 / n_boot_of[best_p["path"]]
+            if best_p["p_balanced"] <= floor * (1 + 1e-9):
+                # The bootstrap could not resolve a smaller p: say so rather than "no signal".
+                recs.append(_rec(
+                    "resolution",
+                    f"{task}: no experiment is above its baseline after {name} correction, but the smallest raw p "
+                    f"({best_p['p_balanced']:.3g}, {best_p['experiment']}) is the bootstrap's floor 1/n_boot: "
+                    "rerun with a larger --n-boot before concluding.",
+                    task=task, experiment=best_p["experiment"], p_adjusted=best_p["p_balanced_adj"],
+                    p_raw=best_p["p_balanced"], n_boot=n_boot_of[best_p["path"]]))
+            else:
+                recs.append(_rec(
+                    "no_signal",
+                    f"{task}: no experiment's balanced accuracy is above its baseline after {name} correction "
+                    f"(smallest adjusted p {best_p['p_balanced_adj']:.3g}, {best_p['experiment']}); do not invest "
+                    "further in these embeddings for this task without a new idea.",
+                    task=task, experiment=best_p["experiment"], p_adjusted=best_p["p_balanced_adj"],
+                    p_raw=best_p["p_balanced"]))
+        best = best_by_task[task]
+        if best["experiment"] is not None:
+            g = next(s for s in best["summaries"] if s["group"] == best["experiment"])
+            spread = (f" +/- {g['balanced_accuracy_std']:.4f} (std over seeds)"
+                      if g["balanced_accuracy_std"] is not None else "")
+            test = ("" if g["n_seeds"] > 1 else f"; its test balanced accuracy is {g['balanced_accuracy_mean']:.4f}")
+            recs.append(_rec(
+                "best",
+                f"{task}: {best['experiment']} ({g['family']}, {g['model']}) is the best by {best['basis']}: "
+                f"{best['value']:.4f}{spread}{test}, above its baseline after correction on {g['n_above_baseline']} "
+                f"of {g['n_seeds']} split(s).",
+                task=task, experiment=best["experiment"], basis=best["basis"], value=best["value"],
+                balanced_accuracy_mean=g["balanced_accuracy_mean"], balanced_accuracy_std=g["balanced_accuracy_std"],
+                n_seeds=g["n_seeds"], n_above_baseline=g["n_above_baseline"]))
+        elif len(groups) > 1:
+            recs.append(_rec("no_best", f"{task}: no best experiment is named: {best['reason']}.", task=task,
+                             reason=best["reason"]))
+        # Paired comparisons against the reference, in words.
+        mine = [p for p in paired if p["task"] == task]
+        better = [p for p in mine if p["status"] == "compared" and p["significant"] and p["difference"] > 0]
+        worse = [p for p in mine if p["status"] == "compared" and p["significant"] and p["difference"] < 0]
+        ties = [p for p in mine if p["status"] == "compared" and not p["significant"]]
+        missing = [p for p in mine if p["status"] != "compared"]
+        if mine and reference:
+            parts = []
+            if better:
+                parts.append("better than the reference: " + ", ".join(
+                    f"{p['experiment']} ({p['difference']:+.4f}, adj. p {p['p_adjusted']:.3g})" for p in better))
+            if worse:
+                parts.append("worse than the reference: " + ", ".join(
+                    f"{p['experiment']} ({p['difference']:+.4f}, adj. p {p['p_adjusted']:.3g})" for p in worse))
+            if ties:
+                parts.append("not distinguishable from it on the same test images: " + ", ".join(
+                    p["experiment"] for p in ties))
+            if missing:
+                parts.append("not compared: " + "; ".join(f"{p['experiment']} ({p['reason']})" for p in missing))
+            recs.append(_rec("vs_reference", f"{task}, against {reference} (paired, {name}-adjusted): "
+                             + "; ".join(parts) + ".", task=task, reference=reference,
+                             better=[p["experiment"] for p in better], worse=[p["experiment"] for p in worse],
+                             not_distinguishable=[p["experiment"] for p in ties],
+                             not_compared=[p["experiment"] for p in missing]))
+        freq = [r for r in rows if r.get("top1_above_baseline") and not r.get("above_baseline")]
         if freq:
-            recs.append(
-                f"{task}: {', '.join(freq)} beat the top-1 baselines but not balanced chance: the gain comes "
-                "from name frequency, not from the face."
-            )
-    high_cv = [r["experiment"] for r in rows if r["prediction_cv"] >= 0.35 and r["balance"] in ("none", None)]
-    if high_cv:
-        recs.append(
-            f"Prediction CV >= 0.35 (one name dominates) in {', '.join(high_cv)}: rerun with "
-            "`--balance logit-adjust` (tau chosen on validation)."
-        )
-    leaky = [r["experiment"] for r in rows if r["ci_method"] == "image bootstrap"]
-    if leaky:
-        recs.append(
-            f"{', '.join(leaky)} used image-level splits or intervals (no identities): identity leakage "
-            "is possible; derive identities (pseudo-identities) and rerun."
-        )
-    perm_bad = [r["experiment"] for r in rows if r["permutation_p"] is not None and r["permutation_p"] >= ALPHA]
-    if perm_bad:
-        recs.append(f"{', '.join(perm_bad)}: the permutation null is not rejected; treat the result as chance.")
-    for g in seeds:
-        if g["n_seeds"] > 1 and g["balanced_accuracy_std"] > 0:
-            others = [
-                r["balanced_accuracy"] for r in rows
-                if _task_key(r) == g["task"] and r["seed_group"] != g["seed_group"]
-            ]
-            gap = abs(g["balanced_accuracy_mean"] - max(others)) if others else None
-            if gap is not None and gap < 2 * g["balanced_accuracy_std"]:
-                recs.append(
-                    f"{g['seed_group']}: its gap to the other experiments ({gap:.4f}) is within two seed "
-                    f"standard deviations ({g['balanced_accuracy_std']:.4f}); run more seeds before choosing."
-                )
-    single = [r["experiment"] for r in rows if not r["seed_group"]]
-    if single and not seeds:
-        recs.append("Every experiment ran on one split: repeat the best ones with `--seeds 5` to see the spread.")
+            recs.append(_rec(
+                "frequency",
+                f"{task}: {', '.join(r['experiment'] for r in freq)} beat the top-1 baselines but not balanced "
+                "chance (both adjusted): the gain comes from name frequency, not from the face.",
+                task=task, experiments=[r["experiment"] for r in freq]))
+    for r in ranked:
+        fc = r.get("forced_choice")
+        fc_text = "" if not fc else (
+            f"; {fc['n_way']}-way forced choice with {fc['foils']} foils, prior-corrected "
+            f"{fc['prior_corrected']:.3f} [{fc['prior_corrected_lo']:.3f}, {fc['prior_corrected_hi']:.3f}] vs chance "
+            f"{fc['chance']:.3f} (prior-only {fc['prior_only']:.3f}, uncorrected CI)")
+        if r.get("beyond_null") is True:
+            recs.append(_rec(
+                "beyond_frequency",
+                f"{r['experiment']}: beyond name frequency: its balanced accuracy {r['balanced_accuracy']:.4f} is "
+                f"above the permutation null that keeps people per name (null max {r['permutation_null_max']:.4f} "
+                f"over {r['permutation_n']} refits, adjusted p {r['permutation_p_adj']:.3g}){fc_text}.",
+                experiment=r["experiment"], p_adjusted=r["permutation_p_adj"], n=r["permutation_n"],
+                forced_choice=fc))
+        elif r.get("beyond_null") is False and r.get("above_baseline"):
+            recs.append(_rec(
+                "beyond_frequency_not_shown",
+                f"{r['experiment']}: above its baseline, but not shown beyond name frequency by the permutation "
+                f"null (adjusted p {r['permutation_p_adj']:.3g} with N={r['permutation_n']}; the smallest p N "
+                f"refits can give is {1 / (r['permutation_n'] + 1):.3g}){fc_text}: rerun with more --permutations.",
+                experiment=r["experiment"], p_adjusted=r["permutation_p_adj"], n=r["permutation_n"],
+                forced_choice=fc))
+    # Only the plan's concern: a CV above its 0.35 target that the true names do not explain.
+    over = [r for r in ranked if r["cv_excess_lo"] is not None and r["cv_excess_lo"] > 0
+            and r["prediction_cv"] >= PLAN_TARGETS[2]["target"] and r["balance"] in ("none", None)]
+    if over:
+        recs.append(_rec(
+            "prediction_cv",
+            f"Prediction CV is above the plan's {PLAN_TARGETS[2]['target']} and more concentrated on few names than "
+            "the true test names are (the CI of prediction CV minus true-label CV is above 0) in " + ", ".join(
+                f"{r['experiment']} ({r['prediction_cv']:.3f} vs {r['label_cv']:.3f})" for r in over)
+            + ": rerun with `--balance logit-adjust` (tau chosen on validation).",
+            experiments=[r["experiment"] for r in over]))
+    unreliable = [r for r in ranked if not r["ci_reliable"]]
+    if unreliable:
+        recs.append(_rec(
+            "unreliable_ci",
+            "The intervals of " + ", ".join(r["experiment"] for r in unreliable) + " are unreliable ("
+            + "; ".join(sorted({why for r in unreliable for why in r["ci_reliability"]})) + ").",
+            experiments=[r["experiment"] for r in unreliable]))
+    image_level = [r for r in controls_rows if r["control"] == "image-level split"]
+    if image_level:
+        no_ids = [r["experiment"] for r in image_level if r.get("split_by") == "identity"]
+        chosen = [r["experiment"] for r in image_level if r.get("split_by") != "identity"]
+        if no_ids:
+            recs.append(_rec(
+                "leakage",
+                f"{', '.join(no_ids)} ran on image-level splits because their store has no identities: they are "
+                "listed under Controls only. Derive pseudo-identities (`probes identities`) and rerun with "
+                "`--by pseudo` to get results that can be ranked.", experiments=no_ids))
+        if chosen:
+            recs.append(_rec(
+                "leakage",
+                f"{', '.join(chosen)} ran on image-level splits by choice (`--by image`): listed under Controls "
+                "only; rerun with `--by identity` (or `--by pseudo` where the store has no identities) to rank them.",
+                experiments=chosen))
+    single = all(len(rs) == 1 for groups in task_groups.values() for rs in groups.values())
+    if ranked and single:
+        recs.append(_rec("seeds", "Every experiment ran on one split: repeat them with `--seeds 5` to see the "
+                         "spread and to choose a best on seed means.", n_experiments=len(ranked)))
     return recs
 
 
-def _fmt(v, nd=4):
-    return "-" if v is None else f"{v:.{nd}f}"
+# --------------------------------------------------------------------------- distributions for plots
 
 
-def _markdown(rows, by_task, targets, paired, seeds, embeddings, recs) -> str:
-    out = ["# Track 3 comparison", ""]
-    out += [
-        "Balanced accuracy is the headline (chance exactly 1/C). Top-1 is shown with its no-information",
-        "baselines (always the most frequent training name; prior-matched guessing). CIs are 95%,",
-        "cluster bootstrap over identities where identities exist. `sig.` = one-sided p < 0.05 against",
-        "the best no-information baseline.",
-        "",
-    ]
-    for task, rs in by_task.items():
-        out += [f"## Names task: {task}", ""]
-        out.append("| experiment | balanced acc [95% CI] | chance | top-1 [95% CI] | majority | prior | top-5 | pred. CV | p (bal.) | sig. | vs best (paired, bal. acc) |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
-        for r in sorted(rs, key=lambda r: -r["balanced_accuracy"]):
-            p = paired.get(task, {}).get(r["experiment"])
-            vs = "best" if p == "best" else ("n/a" if p is None else f"{p['difference']:+.4f} [{p['ci'][0]:+.4f}, {p['ci'][1]:+.4f}] p={p['p_value']:.3g}")
-            out.append(
-                f"| {r['experiment']} | {_fmt(r['balanced_accuracy'])} [{_fmt(r['ba_lo'])}, {_fmt(r['ba_hi'])}] | "
-                f"{_fmt(r['chance_uniform'])} | {_fmt(r['accuracy'])} [{_fmt(r['acc_lo'])}, {_fmt(r['acc_hi'])}] | "
-                f"{_fmt(r['majority'])} | {_fmt(r['prior_matched'])} | {_fmt(r['top5_accuracy'])} | "
-                f"{_fmt(r['prediction_cv'], 3)} | {r['p_balanced']:.3g} | {'yes' if r['significant'] else 'no'} | {vs} |"
-            )
-        out.append("")
-    if seeds:
-        out += ["## Over seeds", "", "| seed group | task | seeds | balanced acc mean +/- std | top-1 mean +/- std | chance |", "|---|---|---|---|---|---|"]
-        for g in seeds:
-            out.append(
-                f"| {g['seed_group']} | {g['task']} | {g['n_seeds']} | {g['balanced_accuracy_mean']:.4f} +/- "
-                f"{g['balanced_accuracy_std']:.4f} | {g['accuracy_mean']:.4f} +/- {g['accuracy_std']:.4f} | {g['chance_uniform']:.4f} |"
-            )
-        out.append("")
-    out += ["## The plan's baselines and targets", "", "| metric | CLIP baseline | target | best here | experiment | beats baseline | target met |", "|---|---|---|---|---|---|---|"]
-    for t in targets:
-        yn = {True: "yes", False: "no", None: f"no {t['task']}-name experiment" if t["task"] != "any" else "-"}
-        out.append(
-            f"| {t['metric']} | {t['baseline']} | {'>' if t['better'] == 'higher' else '<'} {t['target']} | "
-            f"{_fmt(t['value'])} | {t['best_experiment'] or '-'} | {yn[t['beats_baseline']]} | {yn[t['met']]} |"
-        )
-    out += ["", "## Which embeddings carry the most name signal", ""]
-    for task, ranking in embeddings.items():
-        out.append(f"- {task}: " + "; ".join(
-            f"{e['model']} {e['balanced_accuracy']:.4f} ({'sig.' if e['significant'] else 'n.s.'})" for e in ranking
-        ))
-    out += ["", "## Recommendations", ""] + [f"- {r}" for r in recs] + [""]
-    out += ["## Plots", "", "![accuracy](track3_accuracy.png)", "![predicted counts](track3_predicted_counts.png)", "![per-name F1](track3_f1.png)", ""]
-    return "\n".join(out)
+def _distributions(task_groups, results_by_path) -> dict:
+    """Per task: true test-name shares and each group's predicted shares (first seed), names
+    ordered by true frequency; and per-name F1 for tasks with enough names."""
+    out = {}
+    for task, groups in task_groups.items():
+        first = {k: results_by_path[rs[0]["path"]] for k, rs in groups.items()}
+        ref = next(iter(first.values()))
+        C = len(ref.names)
+        true = np.bincount(ref.true_labels, minlength=C).astype(float)
+        order = np.argsort(-true, kind="stable")
+        out[task] = {
+            "names": [ref.names[i] for i in order],
+            "true_share": (true[order] / true.sum()).tolist(),
+            "true_from": next(iter(groups.values()))[0]["experiment"],
+            "predicted_share": {k: (np.bincount(r.predictions, minlength=C)[order] / r.predictions.size).tolist()
+                                for k, r in first.items() if len(r.names) == C},
+            "per_name_f1": ({k: [c["f1-score"] for c in r.per_class] for k, r in first.items()}
+                            if C >= MIN_NAMES_F1_PLOT else None),
+        }
+    return out
 
 
-def compare_results(results_dir: str | Path, *, n_boot: int = 1000, plots: bool = True, seed: int = 0) -> dict:
+# --------------------------------------------------------------------------- main
+
+
+def _json_default(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return str(v)
+
+
+def _scalar(v):
+    """A CSV cell: scalars as they are, lists and dicts as JSON."""
+    return v if v is None or isinstance(v, (str, int, float, bool)) else json.dumps(v, default=_json_default)
+
+
+def compare_results(results_dir: str | Path, *, n_boot: int = 1000, plots: bool = True, seed: int = 0,
+                    reference: str | None = None, correction: str = "holm") -> dict:
     """Compare every result folder under ``results_dir``; write the report files; return the data.
 
-    Writes ``track3_comparison.md``, ``comparison.csv``, ``comparison.json`` and (with
-    ``plots``) ``track3_accuracy.png``, ``track3_predicted_counts.png``, ``track3_f1.png``.
+    Writes ``comparison.json`` (schema in docs/probes.md), ``comparison.csv`` (one row per
+    folder, scalar fields), ``track3_comparison.md`` and, with ``plots``, the PNGs listed in
+    ``data["plots"]``. ``reference`` pre-declares the experiment every other one is compared
+    with (paired, on the same test images); default ``clip_linear`` when present.
+    ``correction``: ``holm`` (family-wise) or ``bh`` (false discovery rate).
     """
+    from probes.compare_markdown import render_markdown
+
+    if correction not in CORRECTIONS:
+        raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
     root = Path(results_dir)
-    results = [read_result(p) for p in find_results(root)]
-    if not results:
+    paths = find_results(root)
+    if not paths:
         raise FileNotFoundError(f"no result folders (with summary.json) under {root}; run `probes linear --out {root}` first")
-    rows = [_row(r) for r in results]
-    by_task: dict[str, list[dict]] = {}
-    res_by_name = {}
-    for r, res in zip(rows, results):
-        by_task.setdefault(_task_key(r), []).append(r)
-        res_by_name[r["experiment"]] = res
-    paired: dict[str, dict] = {}
-    for task, rs in by_task.items():
-        best = max(rs, key=lambda r: r["balanced_accuracy"])
-        paired[task] = {best["experiment"]: "best"}
-        for r in rs:
-            if r is not best:
-                paired[task][r["experiment"]] = _paired(res_by_name[best["experiment"]], res_by_name[r["experiment"]], n_boot, seed)
-    seeds = _seed_groups(rows)
-    targets = _targets(rows)
-    embeddings = {}
-    for task, rs in by_task.items():
-        per_model: dict[str, dict] = {}
-        for r in rs:
-            key = r["model"] or r["experiment"]
-            if key not in per_model or r["balanced_accuracy"] > per_model[key]["balanced_accuracy"]:
-                per_model[key] = {"model": key, "experiment": r["experiment"], "balanced_accuracy": r["balanced_accuracy"], "significant": r["significant"]}
-        embeddings[task] = sorted(per_model.values(), key=lambda e: -e["balanced_accuracy"])
-    recs = _recommendations(rows, by_task, {t: {k: v for k, v in d.items() if v != "best"} for t, d in paired.items()}, seeds)
+    results, skipped = [], []
+    for p in paths:
+        try:
+            results.append(read_result(p))
+        except ResultFormatError as e:
+            skipped.append({"path": str(p), "reason": str(e)})
+    rows = []
+    for res in results:
+        try:
+            rows.append(_row(res))
+        except (KeyError, TypeError, IndexError) as e:
+            skipped.append({"path": str(res.path), "reason": f"summary.json lacks a field this report needs ({e!r}); "
+                                                          "rerun the experiment"})
+    results_by_path = {str(r.path): r for r in results}
+    ranked = [r for r in rows if r["control"] is None]
+    controls_rows = [r for r in rows if r["control"] is not None]
+    for r in rows:
+        r["split_by"] = (results_by_path[r["path"]].summary.get("split") or {}).get("by")
+
+    families = [
+        _family("above_baseline", "balanced accuracy above max(1/C, 1/names in test), one-sided, per ranked row",
+                [(r, r["experiment"], "p_balanced") for r in ranked], correction=correction, alpha=ONE_SIDED_ALPHA,
+                adjusted_key="p_balanced_adj", flag_key="above_baseline"),
+        _family("top1_above_baseline", "top-1 above max(1/C, majority, prior-matched), one-sided, per ranked row",
+                [(r, r["experiment"], "p_top1") for r in ranked], correction=correction, alpha=ONE_SIDED_ALPHA,
+                adjusted_key="p_top1_adj", flag_key="top1_above_baseline"),
+        _family("permutation", "balanced accuracy above the whole-fit permutation null, one-sided",
+                [(r, r["experiment"], "permutation_p") for r in ranked], correction=correction,
+                alpha=ONE_SIDED_ALPHA, adjusted_key="permutation_p_adj", flag_key="beyond_null"),
+    ]
+    for r in controls_rows:  # controls are shown with their raw p only: they are not tests of the question
+        r["p_balanced_adj"] = r["p_top1_adj"] = None
+        r["above_baseline"] = r["top1_above_baseline"] = None
+
+    task_groups = _groups(ranked)
+    best_by_task = {}
+    for task, groups in task_groups.items():
+        summaries = [_group_summary(k, rs) for k, rs in groups.items()]
+        best_by_task[task] = {**_select_best(summaries), "summaries": summaries}
+    ref, ref_source = _resolve_reference(ranked, reference) if ranked else (None, "no ranked experiment")
+    paired = _paired(task_groups, results_by_path, ref, n_boot=n_boot, seed=seed) if ref else []
+    compared = [p for p in paired if p["status"] == "compared"]
+    families.append(_family("vs_reference", f"paired balanced-accuracy difference against {ref}, two-sided",
+                            [(p, f"{p['task']}: {p['experiment']}", "p_raw") for p in compared],
+                            correction=correction, alpha=TWO_SIDED_ALPHA, adjusted_key="p_adjusted",
+                            flag_key="significant"))
+    controls = [s for s in (b(rows, results_by_path) for b in CONTROL_SECTIONS) if s]
+    targets = _targets(task_groups, best_by_task)
+    embeddings = _embeddings(task_groups, results_by_path)
+    n_boot_of = {str(r.path): int(r.summary["ci_method"]["n_boot"]) for r in results}
+    recs = _recommendations(task_groups, best_by_task, paired, ranked, controls_rows, ref, correction, n_boot_of)
+    distributions = _distributions(task_groups, results_by_path)
+
     data = {
-        "experiments": rows,
-        "tasks": {t: [r["experiment"] for r in rs] for t, rs in by_task.items()},
-        "paired_vs_best": paired,
-        "seed_groups": seeds,
+        "schema": SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "results_dir": str(root),
+        "settings": {"correction": correction, "one_sided_alpha": ONE_SIDED_ALPHA, "two_sided_alpha": TWO_SIDED_ALPHA,
+                     "n_boot": n_boot, "seed": seed, "reference": ref, "reference_source": ref_source,
+                     "min_identities_per_name": 5, "top_k": TOPK},
+        "experiments": ranked,
+        "controls": controls,
+        "control_rows": controls_rows,
+        "skipped": skipped,
+        "tasks": {t: [r["experiment"] for rs in g.values() for r in rs] for t, g in task_groups.items()},
+        "best": {t: {k: v for k, v in b.items() if k != "summaries"} for t, b in best_by_task.items()},
+        "seed_groups": [s for b in best_by_task.values() for s in b["summaries"] if s["n_seeds"] > 1],
+        "groups": [s for b in best_by_task.values() for s in b["summaries"]],
+        "paired_vs_reference": paired,
+        "families": families,
         "plan_targets": targets,
         "embeddings": embeddings,
         "recommendations": recs,
+        "distributions": distributions,
+        "plots": [],
     }
-    (root / "comparison.json").write_text(json.dumps(data, indent=2) + "\n")
-    with open(root / "comparison.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    md = root / "track3_comparison.md"
-    md.write_text(_markdown(rows, by_task, targets, paired, seeds, embeddings, recs))
-    if plots:
+    if plots and ranked:
         from probes.plots import AccuracyPlot, F1DistributionPlot, PredictedCountsPlot
 
-        AccuracyPlot(rows).save(root / "track3_accuracy.png")
-        PredictedCountsPlot(
-            {r.experiment: np.bincount(r.predictions, minlength=len(r.names)) for r in results}
-        ).save(root / "track3_predicted_counts.png")
-        F1DistributionPlot({r.experiment: np.array([c["f1-score"] for c in r.per_class]) for r in results}).save(
-            root / "track3_f1.png"
-        )
+        AccuracyPlot(data["experiments"]).save(root / "track3_accuracy.png")
+        data["plots"].append({"file": "track3_accuracy.png", "title": "Balanced accuracy and top-1 per names task, sorted"})
+        PredictedCountsPlot(distributions).save(root / "track3_predicted_counts.png")
+        data["plots"].append({"file": "track3_predicted_counts.png",
+                              "title": "Predicted vs true name shares, names by true frequency"})
+        f1 = {t: d["per_name_f1"] for t, d in distributions.items() if d["per_name_f1"]}
+        if f1:
+            F1DistributionPlot(f1).save(root / "track3_f1.png")
+            data["plots"].append({"file": "track3_f1.png", "title": f"Per-name F1 (tasks with >= {MIN_NAMES_F1_PLOT} names)"})
+    (root / "comparison.json").write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    with open(root / "comparison.csv", "w", newline="") as f:
+        fields = [k for k in (rows[0] if rows else {})]
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _scalar(r.get(k)) for k in fields})
+    md = root / "track3_comparison.md"
+    md.write_text(render_markdown(data))
     return {**data, "markdown": str(md)}

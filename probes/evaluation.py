@@ -113,7 +113,7 @@ def run_evaluation(
         "metrics": metrics,
         "ci": boot["ci"],
         "ci_method": {k: boot[k] for k in ("method", "interval", "balanced_accuracy_resampling", "n_boot", "n_clusters", "alpha",
-                                            "reliable", "reliability", "identities_per_name", "bca")},
+                                            "reliable", "reliability", "identities_per_name", "bca", "ci_flags")},
         "chance": chance,
         "p_value": boot["p_value"],
         "baseline": boot["baseline"],
@@ -170,6 +170,7 @@ def finish_experiment(
     extra: dict | None = None,
     log: Sequence[str] = (),
     probabilities=None,
+    control: dict | None = None,
 ) -> dict:
     """Evaluate test-set scores once and write ``out_dir/track3_{experiment}/``; return the summary.
 
@@ -207,6 +208,8 @@ def finish_experiment(
         log: lines for ``run.log``.
         probabilities: (n_test, C) calibrated probabilities for the calibration metrics only
             (see :func:`run_evaluation`); default ``scores`` or ``softmax(scores)``.
+        control: marks the result as a control, ``{"kind": "shuffled-name null", "description":
+            ...}``: ``probes compare`` lists it under Controls, never ranks it.
 
     Returns:
         The summary dict written to ``summary.json`` plus ``"path"``.
@@ -273,6 +276,7 @@ def finish_experiment(
         "timings": dict(timings),
         "warnings": all_warnings,
         "extra": extra or {},
+        "control": dict(control) if control else None,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
     }

@@ -345,7 +345,8 @@ def bootstrap_metrics(
 
     Cluster bootstrap with BCa intervals (see the module docstring). Returns ``{"method",
     "interval", "n_boot", "n_clusters", "alpha", "ci": {metric: [lo, hi]},
-    "p_value": {...}, "baseline": {...}, "bca": {metric: {"z0", "a"}}, "reliable",
+    "p_value": {...}, "baseline": {...}, "bca": {metric: {"z0", "a"}}, "ci_flags": {metric:
+    reason} (the bias check: intervals that do not cover their estimate), "reliable",
     "reliability": [reasons], "identities_per_name": {"min", "median", "n_below"}}``.
 
     The p-values are one-sided tests that the probe beats a FIXED no-information baseline,
@@ -381,7 +382,7 @@ def bootstrap_metrics(
         p_train = np.bincount(tl, minlength=n_classes) / max(tl.size, 1)
         p_test = np.bincount(y_true, minlength=n_classes) / y_true.size
         baseline["accuracy"] = float(max(1.0 / n_classes, p_test[int(np.argmax(p_train))], p_test @ p_train))
-    ci, bca, p_value = {}, {}, {}
+    ci, bca, p_value, ci_flags = {}, {}, {}, {}
     invalid = []
     for k in _METRICS:
         if k not in arrays:
@@ -391,6 +392,13 @@ def bootstrap_metrics(
         bca[k] = {"z0": res["z0"], "a": res["a"]}
         if not res["valid"] and k in ("balanced_accuracy", "accuracy"):
             invalid.append(k)
+        # Bias check: when (nearly) every replicate lies on one side of the estimate, as a
+        # dispersion statistic such as the prediction CV does under resampling on a small test
+        # set, no bootstrap interval (BCa included) is credible: flag it instead of trusting it.
+        below = float(np.mean(arrays[k] < point[k]) + 0.5 * np.mean(arrays[k] == point[k]))
+        if min(below, 1 - below) < 0.5 / n_boot or not (ci[k][0] <= point[k] <= ci[k][1]):
+            ci_flags[k] = (f"the bootstrap replicates of {k} lie on one side of the estimate ({below:.1%} below "
+                           "it): biased under resampling, interval not credible")
         if k in baseline:
             p_value[k] = bca_p_value(arrays[k], baseline[k], z0=res["z0"], a=res["a"])
     ids = _identities_per_name(codes, y_true)
@@ -403,6 +411,9 @@ def bootstrap_metrics(
         reasons.append(f"{n_below} of {ids.size} names have fewer than {MIN_IDENTITIES_PER_NAME} test identities "
                        f"(fewest: {int(ids.min())}); their recall barely varies under resampling, so the CI is "
                        "unreliable")
+    for k in ("balanced_accuracy", "accuracy"):
+        if k in ci_flags:
+            reasons.append(ci_flags[k])
     if invalid:
         reasons.append(f"the BCa acceleration is too large for a 95% interval of {', '.join(invalid)} (too few "
                        "identities); the interval falls back to the extreme replicate")
@@ -420,6 +431,7 @@ def bootstrap_metrics(
         "p_value": p_value,
         "baseline": baseline,
         "bca": bca,
+        "ci_flags": ci_flags,
         "reliable": not reasons,
         "reliability": reasons,
         "identities_per_name": {"min": int(ids.min()), "median": float(np.median(ids)), "n_below": n_below,

@@ -142,17 +142,27 @@ def linear_cmd(store_path, model, view, split_name, seed, seeds, by, names, min_
 
 @main.command("compare")
 @click.argument("results_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--n-boot", default=1000, show_default=True, type=int, help="Paired bootstrap replicates.")
-@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
-def compare_cmd(results_dir, n_boot, no_plots):
+@click.option("--n-boot", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Paired bootstrap replicates.")
+@click.option("--reference", default=None,
+              help="Experiment every other one is compared with (paired, same test images); "
+                   "default: the plan's CLIP baseline clip_linear when present.")
+@click.option("--correction", default="holm", show_default=True, type=click.Choice(["holm", "bh"]),
+              help="Multiplicity correction: holm (family-wise) or bh (Benjamini-Hochberg, false discovery rate).")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots (the report then links none).")
+def compare_cmd(results_dir, n_boot, reference, correction, no_plots):
     """Write RESULTS_DIR/track3_comparison.md (+ comparison.csv/json and PNG plots)."""
     from probes.compare import compare_results
 
     try:
-        report = compare_results(results_dir, n_boot=n_boot, plots=not no_plots)
+        report = compare_results(results_dir, n_boot=n_boot, plots=not no_plots, reference=reference,
+                                 correction=correction)
     except _expected_errors() as e:
         _fail(e)
-    click.echo(f"{len(report['experiments'])} experiments -> {report['markdown']}")
+    for s in report["skipped"]:
+        click.echo(f"warning: skipped {s['path']}: {s['reason']}", err=True)
+    click.echo(f"{len(report['experiments'])} ranked experiments, {len(report['control_rows'])} controls, "
+               f"{len(report['skipped'])} skipped -> {report['markdown']}")
 
 
 @main.command("report")

@@ -434,7 +434,7 @@ def from_face(factory, *, X, names, covariate, subset, groups=None, classes=None
 
 
 # --------------------------------------------------------------------------- the within-stratum null
-def shuffle_names_within_strata(names, groups, strata, *, rng: np.random.Generator) -> np.ndarray:
+def shuffle_names_within_strata(names, *, groups, strata, rng: np.random.Generator) -> np.ndarray:
     """Names permuted across identities of the SAME stratum: every person keeps their images and
     gets the name of another person with the same covariate value, so the number of people per
     name within each value is kept and the covariate-name association is untouched.
@@ -507,7 +507,8 @@ def beyond_covariate(factory, *, X, names, covariate, subset, groups=None, class
     t_null = time.perf_counter()
     for i in range(int(n_permutations)):
         shuffled = names_u.copy()
-        shuffled[fit_u] = shuffle_names_within_strata(names_u[fit_u], fit_groups, strata[used][fit_u], rng=rng)
+        shuffled[fit_u] = shuffle_names_within_strata(names_u[fit_u], groups=fit_groups,
+                                                     strata=strata[used][fit_u], rng=rng)
         pred = _fit_predict(factory, r.classes, Xu, shuffled, sub_u)
         null[i] = balanced_accuracy(y_test, pred)
         elapsed = time.perf_counter() - t_null

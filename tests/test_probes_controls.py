@@ -225,7 +225,8 @@ def test_within_groups_skips_a_value_without_test_identities(gender_only):
 # --------------------------------------------------------------------------- permutation and foils
 def test_shuffle_within_strata_moves_whole_people_and_never_crosses_strata(gender_only):
     d = gender_only
-    out = controls.shuffle_names_within_strata(d.names, d.groups, d.gender, rng=np.random.default_rng(0))
+    out = controls.shuffle_names_within_strata(d.names, groups=d.groups, strata=d.gender,
+                                               rng=np.random.default_rng(0))
     assert not np.array_equal(out, d.names)
     for g in np.unique(d.groups):
         assert np.unique(out[d.groups == g]).size == 1  # a person keeps one name

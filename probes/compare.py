@@ -201,6 +201,7 @@ def _row(res) -> dict:
         "control": _control_kind(s, kind),
         "leakage_warning": leakage,
         "warnings": warnings,
+        "store_path": s.get("store_path"),
         "path": str(res.path),
     }
 
@@ -654,25 +655,37 @@ def _recommendations(task_groups, best_by_task, paired, ranked, controls_rows, r
             experiments=[r["experiment"] for r in unreliable]))
     image_level = [r for r in controls_rows if r["control"] == "image-level split"]
     if image_level:
-        no_ids = [r["experiment"] for r in image_level if r.get("split_by") == "identity"]
-        chosen = [r["experiment"] for r in image_level if r.get("split_by") != "identity"]
-        if no_ids:
-            recs.append(_rec(
-                "leakage",
-                f"{', '.join(no_ids)} ran on image-level splits because their store has no identities: they are "
-                "listed under Controls only. Derive pseudo-identities (`probes identities`) and rerun with "
-                "`--by pseudo` to get results that can be ranked.", experiments=no_ids))
-        if chosen:
-            recs.append(_rec(
-                "leakage",
-                f"{', '.join(chosen)} ran on image-level splits by choice (`--by image`): listed under Controls "
-                "only; rerun with `--by identity` (or `--by pseudo` where the store has no identities) to rank them.",
-                experiments=chosen))
+        # The advice depends on the store: pseudo-identities only where it has no identities.
+        has_ids = {p: _store_has_identities(p) for p in {r["store_path"] for r in image_level}}
+        for flag, advice in (
+            (False, "their store has no identities: derive pseudo-identities (`probes identities`) and rerun with "
+                    "`--by pseudo` to get results that can be ranked"),
+            (True, "their store has identities: rerun with `--by identity` to get results that can be ranked"),
+            (None, "rerun on an identity-disjoint split to rank them (`--by identity` if the store has identities, "
+                   "else `--by pseudo` after `probes identities`)"),
+        ):
+            exps = [r["experiment"] for r in image_level if has_ids[r["store_path"]] is flag]
+            if exps:
+                recs.append(_rec("leakage", f"{', '.join(exps)} ran on image-level splits (the same person can be in "
+                                 f"train and test) and are listed under Controls only; {advice}.",
+                                 experiments=exps, store_has_identities=flag))
     single = all(len(rs) == 1 for groups in task_groups.values() for rs in groups.values())
     if ranked and single:
         recs.append(_rec("seeds", "Every experiment ran on one split: repeat them with `--seeds 5` to see the "
                          "spread and to choose a best on seed means.", n_experiments=len(ranked)))
     return recs
+
+
+def _store_has_identities(path) -> bool | None:
+    """Whether the store a result came from has dataset identities (None: it cannot be opened here)."""
+    if not path:
+        return None
+    try:
+        from facestore import open_store
+
+        return open_store(path, mode="r").index.identities is not None
+    except Exception:  # moved, deleted or unreadable: the advice is then given conditionally
+        return None
 
 
 # --------------------------------------------------------------------------- distributions for plots

@@ -46,6 +46,13 @@ FINGERPRINT_VERSION = 1
 STATUS_FILE = "track3_status.json"
 SESSION_LOG = "track3_run.log"
 STATUS_HEADING = "## Track 3 plan status"
+# The plan's linear experiments run a permutation null (whole fit repeated with names shuffled
+# across identities) and forced choice with a shuffled-name null by default, so the report can
+# say whether a signal is beyond name frequency without a second command. Small counts keep the
+# cost at ~19 extra fits per experiment; the report states the smallest p they can give.
+DEFAULT_PERMUTATIONS = 19
+DEFAULT_NULL_REPEATS = 99
+SPLIT_KINDS = ("identity", "pseudo", "image")
 # Runtime choices that do not change what is computed (beyond float round-off), so changing
 # them does not invalidate a result.
 _RUNTIME_FIELDS = ("device", "n_threads")
@@ -123,12 +130,21 @@ def _family_config_class(family: str):
     return ZeroShotConfig
 
 
+def runs_nulls(exp: Experiment) -> bool:
+    """True for the plan's linear experiments (and its CLIP linear baseline): they get the
+    permutation null and forced choice by default."""
+    return exp.family == "linear" and (exp.group == "plan" or exp.plan_ref == "baseline")
+
+
 def experiment_config(exp: Experiment, *, models: Sequence[str], task: str, seed: int = 0, device: str = "auto",
-                      n_boot: int = 1000):
+                      n_boot: int = 1000, permutations: int = 0, null_repeats: int = 0):
     """The family config (``LinearConfig``, ``KNNConfig``, ...) that runs ``exp`` on ``task``.
 
     ``models`` are the store models it runs on (for an ensemble, the present subset).
     ``seed`` seeds the probe's initialisation and the bootstrap; the split has its own seed.
+    ``permutations`` / ``null_repeats``: for :func:`runs_nulls` experiments, the whole-fit
+    permutation null and forced choice with that many shuffled-name repeats (0: neither);
+    an experiment's own options override them.
     """
     cls = _family_config_class(exp.family)
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -151,6 +167,10 @@ def experiment_config(exp: Experiment, *, models: Sequence[str], task: str, seed
         kw["head"] = SupConHeadConfig(**{**head_opts, "seed": seed})
     elif "random_state" in fields:
         kw["random_state"] = seed
+    if runs_nulls(exp) and {"permutations", "forced_choice", "null_repeats"} <= fields:
+        kw["permutations"] = int(permutations)
+        kw["forced_choice"] = permutations > 0 or null_repeats > 0
+        kw["null_repeats"] = int(null_repeats)
     unknown = sorted(set(opts) - fields)
     if unknown:
         raise ValueError(f"experiment {exp.name!r}: options {unknown} are not fields of {cls.__name__} "
@@ -240,9 +260,65 @@ def _available_models(store, exp: Experiment, stored: set[str]) -> tuple[tuple[s
         return (), (f"model {exp.models[0]} in the store has no view {exp.view!r} (it has {', '.join(views)}); "
                     "an imported group must use the registry's view names")
     if exp.family == "zeroshot" and exp.template_set not in store.text_template_sets(exp.models[0]):
-        return (), (f"no text embeddings {exp.template_set!r} for {exp.models[0]}; add them with: "
-                    f"facestore text STORE --model {exp.models[0]}")
+        return (), _no_text_reason(exp.models[0], exp.template_set)
     return present, None
+
+
+def _no_text_reason(model: str, template_set: str) -> str:
+    """Why a zero-shot experiment cannot run; suggests ``facestore text`` only for text models."""
+    from facestore.models.registry import get_spec
+
+    try:
+        has_text = bool(get_spec(model).text)
+    except LookupError:  # ModelNotFoundError: an imported group with its own name
+        has_text = None
+    if has_text:
+        return f"no text embeddings {template_set!r} for {model}; add them with: facestore text STORE --model {model}"
+    if has_text is None:
+        return (f"no text embeddings {template_set!r} for {model}, and {model} is not a registry model, so "
+                "`facestore text` cannot make them; zero-shot needs a model with a text tower")
+    return (f"{model} has no text tower (registry spec text=False): zero-shot cannot run on it; "
+            "it needs an image-text model such as clip-vit-b-32 or siglip-base")
+
+
+def resolve_split_by(store, by: str) -> str:
+    """``--by identity|pseudo|image`` (or ``pseudo:NAME``) as the ``by`` of :func:`probes.splits.get_split`.
+
+    ``identity`` needs the dataset's identities; a store without them needs pseudo-identities
+    first (``probes identities``, then ``pseudo``) or an explicit ``image``, whose results are
+    controls with a leakage warning.
+    """
+    from probes.errors import ProbeConfigError
+
+    kind, _, name = by.partition(":")
+    if kind == "pseudo-identity":
+        kind = "pseudo"
+    if kind not in SPLIT_KINDS:
+        raise ProbeConfigError(f"--by must be one of {', '.join(SPLIT_KINDS)} (or pseudo:NAME), got {by!r}")
+    has_ids = store.index.identities is not None
+    derived = [s for s in store.identity_sources if s != "identity"]
+    if kind == "identity":
+        if not has_ids:
+            raise ProbeConfigError(
+                f"{store.path} has no identities, so identity-disjoint splits are impossible. Derive "
+                "pseudo-identities first (`probes identities --store S --model arcface-r50 --threshold T`) and run "
+                "with `--by pseudo`, or accept image-level splits explicitly with `--by image` (every result is "
+                "then a control with a leakage warning, never ranked)"
+                + (f"; pseudo-identity sets already here: {', '.join(derived)}" if derived else ""))
+        return "identity"
+    if kind == "image":
+        return "image"
+    if not derived:
+        raise ProbeConfigError(f"{store.path} has no pseudo-identities; make them with `probes identities --store S "
+                               "--model arcface-r50 --threshold T`" + (" (or use --by identity: the store has "
+                                                                        "identities)" if has_ids else ""))
+    if name:
+        if name not in derived:
+            raise ProbeConfigError(f"no pseudo-identity set {name!r}; have: {', '.join(derived)}")
+        return f"pseudo-identity:{name}"
+    if len(derived) > 1:
+        raise ProbeConfigError(f"several pseudo-identity sets ({', '.join(derived)}): choose one with --by pseudo:NAME")
+    return f"pseudo-identity:{derived[0]}"
 
 
 # --------------------------------------------------------------------------- running
@@ -310,6 +386,11 @@ def run_track3(
     plots: bool = True,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
+    by: str = "identity",
+    permutations: int = DEFAULT_PERMUTATIONS,
+    null_repeats: int = DEFAULT_NULL_REPEATS,
+    reference: str | None = None,
+    correction: str = "holm",
 ) -> Track3Report:
     """Run the Track 3 plan on ``store`` (a path or an open store); write results under ``out``.
 
@@ -319,7 +400,12 @@ def run_track3(
     ``-seed{k}`` and the linear experiments are grouped for mean and spread in the comparison.
     ``only``: experiment names to run (default: all of :data:`probes.experiments.EXPERIMENTS`).
     ``force`` re-runs experiments whose inputs did not change. ``echo`` receives one line per
-    step (default: the ``probes.track3`` logger).
+    step (default: the ``probes.track3`` logger). ``by``: ``identity`` (default; a store without
+    identities is refused with the two ways out), ``pseudo`` (the store's pseudo-identities,
+    ``pseudo:NAME`` when there are several) or ``image`` (image-level splits: every result is a
+    control). ``permutations`` / ``null_repeats``: the nulls of the plan's linear experiments
+    (:func:`runs_nulls`; 0 turns them off). ``reference`` / ``correction`` go to
+    :func:`probes.compare.compare_results`.
     """
     from tqdm.auto import tqdm
 
@@ -332,6 +418,8 @@ def run_track3(
 
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if permutations < 0 or null_repeats < 0:
+        raise ValueError(f"permutations and null_repeats must be >= 0, got {permutations} and {null_repeats}")
     names = [str(n).strip() for n in names if str(n).strip()]
     if not names:
         raise ValueError("give at least one name task, e.g. names=('top30', 'all')")
@@ -348,9 +436,14 @@ def run_track3(
             fh.write(f"{_dt.datetime.now().isoformat(timespec='seconds')} {line}\n")
 
     experiments = _select(only)
+    split_by = resolve_split_by(st, by)
     stored = set(st.models)
     say(f"track3: store {st.path} ({st.n} images, models: {', '.join(sorted(stored)) or 'none'}); "
-        f"{len(experiments)} experiments, name tasks {', '.join(names)}, {seeds} seed(s) -> {out}")
+        f"{len(experiments)} experiments, name tasks {', '.join(names)}, {seeds} seed(s), splits by {split_by} "
+        f"-> {out}")
+    if split_by == "image":
+        say("warning: image-level splits: the same person can be in train and test; every result is reported as "
+            "a control with a leakage warning, never ranked")
 
     task_errors: dict[str, str | None] = {}
     for task in {t for e in experiments for t in (e.names or names)}:
@@ -394,9 +487,10 @@ def run_track3(
         t0 = time.perf_counter()
         try:
             if s not in splits:
-                splits[s] = get_split(st, by="identity", seed=s)
+                splits[s] = get_split(st, by=split_by, seed=s)
             split = splits[s]
-            config = experiment_config(exp, models=models, task=task, seed=s, device=device, n_boot=n_boot)
+            config = experiment_config(exp, models=models, task=task, seed=s, device=device, n_boot=n_boot,
+                                       permutations=permutations, null_repeats=null_repeats)
             digest, inputs = input_fingerprint(st, exp, config, split, models=models)
             if not force and _read_fingerprint(folder) == digest:
                 summary = json.loads((folder / "summary.json").read_text())
@@ -414,9 +508,13 @@ def run_track3(
             continue
         seconds = time.perf_counter() - t0
         written = Path(summary["path"])
-        (written / FINGERPRINT_FILE).write_text(json.dumps(
+        # Written after the (atomic) result folder, atomically too: a kill in between leaves a
+        # complete result without a fingerprint, which the next run simply redoes.
+        tmp = written / (FINGERPRINT_FILE + ".tmp")
+        tmp.write_text(json.dumps(
             {"fingerprint": digest, "inputs": inputs, "experiment": exp.name, "written": summary.get("created")},
             indent=2, sort_keys=True) + "\n")
+        tmp.replace(written / FINGERPRINT_FILE)
         head = _headline(summary)
         with (written / "run.log").open("a", encoding="utf-8") as fh:
             fh.write(f"track3: experiment {exp.name} (plan {exp.plan_ref or exp.group}), task {task}, seed {s}, "
@@ -427,11 +525,13 @@ def run_track3(
             f"top-1 {head['accuracy']:.4f}, {seconds:.1f} s")
     bar.close()
 
-    comparison = _write_report(out, records, n_boot=n_boot, plots=plots, say=say)
+    comparison = _write_report(out, records, n_boot=n_boot, plots=plots, say=say, reference=reference,
+                               correction=correction, split_by=split_by)
     report = Track3Report(out=out, comparison=comparison, records=tuple(records),
                           seconds=time.perf_counter() - t_start)
     (out / STATUS_FILE).write_text(json.dumps(
-        {"store": str(st.path), "names": names, "seeds": seeds, "seconds": report.seconds,
+        {"store": str(st.path), "names": names, "seeds": seeds, "by": split_by, "permutations": permutations,
+         "null_repeats": null_repeats, "seconds": report.seconds,
          "records": [r.to_dict() for r in records]}, indent=2) + "\n")
     counts = {k: len(report.by_status(k)) for k in ("ran", "unchanged", "skipped", "failed")}
     say(f"track3 finished in {report.seconds:.1f} s: " + ", ".join(f"{v} {k}" for k, v in counts.items())
@@ -439,11 +539,14 @@ def run_track3(
     return report
 
 
-def _status_markdown(records: Sequence[RunRecord]) -> str:
+def _status_markdown(records: Sequence[RunRecord], *, split_by: str = "identity") -> str:
+    splits = {"identity": "identity-disjoint splits", "image": ("image-level splits (`--by image`): every result "
+                                                                 "is a control with a leakage warning")}
     lines = [
         STATUS_HEADING, "",
         ("Every experiment of the plan, in its priority order, with what `probes track3` did with it. "
-         "Skipped experiments lack an input in the store; the reason says how to add it."), "",
+         "Skipped experiments lack an input in the store; the reason says how to add it. Splits: "
+         + splits.get(split_by, f"pseudo-identity-disjoint splits ({split_by.split(':', 1)[-1]})") + "."), "",
         "| experiment | plan | task | seed | status | balanced acc. (chance) | reason |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -454,16 +557,18 @@ def _status_markdown(records: Sequence[RunRecord]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_report(out: Path, records: list[RunRecord], *, n_boot: int, plots: bool, say) -> Path:
+def _write_report(out: Path, records: list[RunRecord], *, n_boot: int, plots: bool, say, reference=None,
+                  correction: str = "holm", split_by: str = "identity") -> Path:
     from probes.compare import compare_results
     from probes.results import find_results
 
     md = out / "track3_comparison.md"
     order = {e.name: i for i, e in enumerate(EXPERIMENTS)}
     ordered = sorted(records, key=lambda r: (order.get(r.experiment, len(order)), r.task, r.seed))
-    status = _status_markdown(ordered)
+    status = _status_markdown(ordered, split_by=split_by)
     if find_results(out):
-        md = Path(compare_results(out, n_boot=n_boot, plots=plots)["markdown"])
+        md = Path(compare_results(out, n_boot=n_boot, plots=plots, reference=reference,
+                                  correction=correction)["markdown"])
         text = md.read_text(encoding="utf-8")
         md.write_text(text.rstrip("\n") + "\n\n" + status, encoding="utf-8")
     else:
@@ -504,7 +609,20 @@ def _list_experiments() -> str:
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots of the comparison.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--list", "list_only", is_flag=True, help="List the plan's experiments and exit.")
-def track3_command(store_path, out, names, seeds, seed, only, device, n_boot, force, no_plots, no_progress, list_only):
+@click.option("--by", "split_by", default="identity", show_default=True,
+              help="Split kind: identity | pseudo (pseudo:NAME) | image. A store without identities needs "
+                   "`probes identities` first (then pseudo) or an explicit image (results are then controls).")
+@click.option("--permutations", default=DEFAULT_PERMUTATIONS, show_default=True, type=click.IntRange(min=0),
+              help="Whole-fit permutation null refits of the plan's linear experiments (0: none).")
+@click.option("--null-repeats", default=DEFAULT_NULL_REPEATS, show_default=True, type=click.IntRange(min=0),
+              help="Forced choice with this many shuffled-name repeats for the plan's linear experiments "
+                   "(forced choice is off when this and --permutations are 0).")
+@click.option("--reference", default=None,
+              help="Reference experiment of the paired comparisons (default: clip_linear when it ran).")
+@click.option("--correction", default="holm", show_default=True, type=click.Choice(["holm", "bh"]),
+              help="Multiplicity correction of the report: holm (family-wise) or bh (false discovery rate).")
+def track3_command(store_path, out, names, seeds, seed, only, device, n_boot, force, no_plots, no_progress, list_only,
+                   split_by, permutations, null_repeats, reference, correction):
     """Run the Track 3 plan in its priority order; write every result folder and track3_comparison.md.
 
     Experiments whose models are not in the store are skipped with the reason in the report;
@@ -527,11 +645,17 @@ def track3_command(store_path, out, names, seeds, seed, only, device, n_boot, fo
     try:
         report = run_track3(store_path, out, names=names.split(","), seeds=seeds, seed=seed, only=only_list,
                             device=device, n_boot=n_boot, force=force, plots=not no_plots,
-                            progress=not no_progress, echo=lambda line: click.echo(line, err=True))
+                            progress=not no_progress, echo=lambda line: click.echo(line, err=True), by=split_by,
+                            permutations=permutations, null_repeats=null_repeats, reference=reference,
+                            correction=correction)
     except (ProbeError, FacestoreError, ValueError) as e:
         raise click.ClickException(str(e)) from e
     counts = ", ".join(f"{len(report.by_status(k))} {k}" for k in ("ran", "unchanged", "skipped", "failed"))
     click.echo(f"track3: {counts} -> {report.comparison}")
+    if not no_plots and (Path(out) / "comparison.json").is_file():  # the HTML report renders comparison.json
+        from probes.report import build_report
+
+        click.echo(f"html report: {build_report(out, store=store_path).index}")
     if not report.ok:
         failed = "; ".join(f"{r.experiment} [{r.task}]: {r.reason}" for r in report.by_status("failed"))
         raise click.ClickException(f"{len(report.by_status('failed'))} experiment(s) failed: {failed}")

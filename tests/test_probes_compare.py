@@ -123,10 +123,9 @@ def test_leaky_splits_and_nulls_are_controls_never_ranked_nor_counted(tmp_path):
     assert all(e["model"] != "dinov2" for rk in data["embeddings"]["all (30 names)"] for e in rk["entries"])
     main = md.split('<a id="controls"></a>')[0]
     assert "leaky_top30" not in main and "shuffled_top30" not in main
-    # A store whose split was image level because it had no identities gets the pseudo-identity advice
-    # ("by": "identity" but no identity source); nothing advises it otherwise.
+    # The store (a fake path) cannot be opened: the advice is conditional, never "derive pseudo-identities".
     leak = [r for r in data["recommendations"] if r["kind"] == "leakage"]
-    assert leak and "probes identities" in leak[0]["text"]
+    assert leak and leak[0]["evidence"]["store_has_identities"] is None and "if the store has identities" in leak[0]["text"]
     # Top-5 is shown for 30 names (5 < 15); plots are listed only when made, and exist.
     assert data["experiments"][0]["top5_accuracy"] is not None
     assert [p["file"] for p in data["plots"]] == ["track3_accuracy.png", "track3_predicted_counts.png", "track3_f1.png"]

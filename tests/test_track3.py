@@ -25,9 +25,10 @@ from tests.synthetic import planted_store
 PLAN_ORDER = ["dinov2", "arcface_500", "ensemble", "supcon", "siglip", "clip_prompts", "dinov3"]
 
 
-def _store(path, *, seed=0):
+def _store(path, *, seed=0, identities=True):
     """A planted-signal store holding pixels-32, random-vit-tiny (registry view names) and clip-vit-b-32."""
-    store = planted_store(path, n_names=6, images_per_person=4, dim=24, signal=1.5, models=(), seed=seed)
+    store = planted_store(path, n_names=6, images_per_person=4, dim=24, signal=1.5, models=(), seed=seed,
+                          identities=identities)
     rng = np.random.default_rng(seed)
     ids = store.index.image_ids
     labels = np.asarray(store.index.labels)
@@ -44,7 +45,8 @@ def _store(path, *, seed=0):
 
 
 def _run(store, out, **kw):
-    kw = {"names": ("all",), "n_boot": 50, "plots": False, "progress": False, "echo": lambda line: None, **kw}
+    kw = {"names": ("all",), "n_boot": 50, "plots": False, "progress": False, "echo": lambda line: None,
+          "permutations": 0, "null_repeats": 0, **kw}
     return run_track3(store, out, **kw)
 
 
@@ -156,7 +158,7 @@ def test_cli_track3_seeds_list_and_errors(tmp_path):
         assert e.name in res.output
 
     args = ["--store", str(tmp_path / "store"), "--out", str(tmp_path / "res"), "--names", "all", "--only",
-            "pixels32,knn_pixels32,dinov2", "--seeds", "2", "--n-boot", "30", "--no-plots", "--no-progress"]
+            "pixels32,knn_pixels32,dinov2", "--seeds", "2", "--n-boot", "50", "--no-plots", "--no-progress"]
     res = runner.invoke(track3_command, args)
     assert res.exit_code == 0, res.output
     assert "4 ran, 0 unchanged, 2 skipped, 0 failed" in res.output
@@ -175,3 +177,64 @@ def test_cli_track3_seeds_list_and_errors(tmp_path):
     assert res.exit_code == 2 and "no Track 3 experiment 'dinov5'" in res.output
     res = runner.invoke(track3_command, ["--out", str(tmp_path / "res")])
     assert res.exit_code == 2 and "--store is required" in res.output
+
+
+def test_plan_linear_experiments_get_the_nulls_by_default(tmp_path):
+    from probes.track3 import DEFAULT_NULL_REPEATS, DEFAULT_PERMUTATIONS, runs_nulls
+
+    kw = {"task": "all", "permutations": DEFAULT_PERMUTATIONS, "null_repeats": DEFAULT_NULL_REPEATS}
+    for e in EXPERIMENTS:
+        cfg = experiment_config(e, models=e.models, **kw)
+        if runs_nulls(e):
+            assert cfg.permutations == DEFAULT_PERMUTATIONS and cfg.forced_choice and \
+                cfg.null_repeats == DEFAULT_NULL_REPEATS, e.name
+        elif hasattr(cfg, "permutations"):
+            assert cfg.permutations == 0, e.name
+    assert runs_nulls(get_experiment("clip_linear")) and runs_nulls(get_experiment("dinov2"))
+    assert not runs_nulls(get_experiment("pixels32")) and not runs_nulls(get_experiment("knn_dinov2"))
+    # A small run: the report's controls hold the permutation null, the rows the forced choice.
+    store = _store(tmp_path / "store")
+    _run(store, tmp_path / "r", only=["clip_linear"], permutations=2, null_repeats=3)
+    summary = json.loads((tmp_path / "r" / "track3_clip_linear_all" / "summary.json").read_text())
+    assert summary["permutation"]["n"] == 2 and summary["extra"]["forced_choice"][0]["null"]["repeats"] == 3
+    data = json.loads((tmp_path / "r" / "comparison.json").read_text())
+    perm = next(sec for sec in data["controls"] if sec["kind"] == "permutation null")
+    assert perm["rows"][0]["experiment"] == "clip_linear_all" and perm["rows"][0]["min_attainable_p"] == 1 / 3
+    assert data["experiments"][0]["forced_choice"]["n_way"] == 2
+    assert data["settings"]["reference"] == "clip_linear"  # the plan's baseline is the default reference
+
+
+def test_a_store_without_identities_needs_pseudo_identities_or_an_explicit_image_split(tmp_path):
+    from probes.audit import build_pseudo_identities
+    from probes.errors import ProbeConfigError
+
+    store = _store(tmp_path / "store", identities=False)
+    with pytest.raises(ProbeConfigError, match="probes identities") as e:
+        _run(store, tmp_path / "r", only=["pixels32"])
+    assert "--by image" in str(e.value) and "--by pseudo" in str(e.value)
+    with pytest.raises(ProbeConfigError, match="no pseudo-identities"):
+        _run(store, tmp_path / "r", only=["pixels32"], by="pseudo")
+    report = _run(store, tmp_path / "img", only=["pixels32"], by="image")
+    data = json.loads((tmp_path / "img" / "comparison.json").read_text())
+    assert data["experiments"] == [] and [r["experiment"] for r in data["control_rows"]] == ["pixels32_all"]
+    assert "leakage" in data["control_rows"][0]["leakage_warning"]
+    md = report.comparison.read_text()
+    assert "every result is a control with a leakage warning" in md
+    # The store has no identities: the advice is to derive pseudo-identities (never otherwise).
+    assert any("probes identities" in r["text"] for r in data["recommendations"] if r["kind"] == "leakage")
+    name, _ = build_pseudo_identities(store, model="pixels-32", threshold=0.9, k=5, device="cpu")
+    _run(store, tmp_path / "pseudo", only=["pixels32"], by="pseudo")
+    data = json.loads((tmp_path / "pseudo" / "comparison.json").read_text())
+    assert [r["split_kind"] for r in data["experiments"]] == ["pseudo-identity"]
+    with_ids = _store(tmp_path / "ids")
+    with pytest.raises(ProbeConfigError, match="use --by identity"):
+        _run(with_ids, tmp_path / "r2", only=["pixels32"], by="pseudo")
+
+
+def test_zero_shot_hint_suggests_facestore_text_only_for_text_models():
+    from probes.track3 import _no_text_reason
+
+    assert "facestore text STORE --model clip-vit-b-32" in _no_text_reason("clip-vit-b-32", "plan")
+    no_tower = _no_text_reason("dinov2-base", "plan")
+    assert "no text tower" in no_tower and "facestore text" not in no_tower
+    assert "facestore text` cannot" in _no_text_reason("my-imported-model", "plan")

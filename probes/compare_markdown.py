@@ -199,6 +199,21 @@ def _embeddings(data) -> list[str]:
     return out + [""]
 
 
+def _beyond(data) -> list[str]:
+    rows = [r for r in data["experiments"] if (r.get("beyond_frequency") or {}).get("verdict") is not None]
+    if not rows:
+        return []
+    verdict = {True: "yes", False: "not shown"}
+    body = [[r["experiment"], verdict[r["beyond_frequency"]["verdict"]], "; ".join(r["beyond_frequency"]["evidence"])]
+            for r in rows]
+    return ["## Beyond name frequency", "",
+            "A face-blind rule scores balanced accuracy 1/K in expectation however it uses name frequencies; a "
+            "signal is called beyond name frequency when it is above its baseline after correction, above every "
+            "permutation refit (names shuffled across identities, people per name kept) and, with forced choice, "
+            "the prior-corrected score against popularity-matched foils has its (percentile, uncorrected) CI above "
+            "chance.", ""] + _table(["experiment", "beyond name frequency", "evidence"], body) + [""]
+
+
 def _families(data) -> list[str]:
     body = [[f["name"], f["description"], _CORRECTION[f["correction"]].split(" (")[0], str(f["n_tests"]),
              str(sum(t["rejected"] for t in f["tests"])), str(f["alpha"])] for f in data["families"]]
@@ -229,7 +244,7 @@ def render_markdown(data: dict) -> str:
     out = _intro(data) + _skipped(data)
     if not data["experiments"]:
         out += ["No ranked result: every result folder here is a control or was not usable.", ""]
-    out += _task_tables(data) + _seeds(data) + _paired(data) + _targets(data) + _embeddings(data)
+    out += _task_tables(data) + _seeds(data) + _paired(data) + _targets(data) + _embeddings(data) + _beyond(data)
     out += _controls(data)
     out += ["## Recommendations", ""] + [f"- {r['text']}" for r in data["recommendations"]] + [""]
     out += _families(data)

@@ -7,6 +7,7 @@ training), so each scenario of the report is set up exactly.
 from __future__ import annotations
 
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ def _fake(out, experiment, *, n_names=6, ids_per_name=6, imgs=3, signal=1.0, spl
     y = np.repeat(np.arange(C), ids_per_name * imgs)
     groups = np.array([f"p{c}_{i}" for c in range(C) for i in range(ids_per_name) for _ in range(imgs)])
     ids = np.array([f"{split_hash}/img{i:05d}" for i in range(y.size)])
-    rng = np.random.default_rng(abs(hash((experiment, split_hash))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{experiment}/{split_hash}".encode()))  # stable across processes
     scores = rng.normal(size=(y.size, C)) + signal * np.eye(C)[y]
     keep = np.arange(y.size) >= drop
     y, groups, ids, scores = y[keep], groups[keep], ids[keep], scores[keep]
@@ -154,6 +155,19 @@ def test_small_test_sets_are_flagged_and_p_values_are_adjusted(tmp_path):
     bh, _ = _compare(tmp_path, n_boot=500, correction="bh")
     assert bh["families"][0]["correction"] == "bh"
     _check_ci_p_agreement(data)
+
+
+def test_beyond_name_frequency_needs_every_check(tmp_path):
+    _fake(tmp_path, "strong", signal=2.0, n_boot=500, permutation={"null": [0.2] * 19})
+    _fake(tmp_path, "overfit", signal=2.0, n_boot=500, model="m2", permutation={"null": [0.95] + [0.2] * 18})
+    _fake(tmp_path, "plain", signal=2.0, n_boot=500, model="m3")
+    data, md = _compare(tmp_path, n_boot=500)
+    v = {r["experiment"]: r["beyond_frequency"] for r in data["experiments"]}
+    assert v["strong"]["verdict"] is True and v["overfit"]["verdict"] is False and v["plain"]["verdict"] is None
+    assert v["overfit"]["checks"]["permutation_above_all"] is False
+    kinds = {r["evidence"].get("experiment"): r["kind"] for r in data["recommendations"] if "beyond" in r["kind"]}
+    assert kinds == {"strong": "beyond_frequency", "overfit": "beyond_frequency_not_shown"}
+    assert "## Beyond name frequency" in md and "the smallest 19 refits can give is 0.05" in md
 
 
 def test_damaged_folders_are_skipped_with_the_reason_and_plots_only_when_made(tmp_path):

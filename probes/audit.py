@@ -4,11 +4,20 @@ A random image-level split on real faces gave top-1 0.249 (kNN 0.343) against 0.
 identity-disjoint: the same person in train and test is memorised. The audit measures how much
 of that can be happening in a given split, under a face-identity model (ArcFace, or any model):
 
-- for each test image, its nearest training neighbour: the share whose similarity exceeds a
-  same-person ``threshold`` (a test face that has a near-duplicate person in train);
+- **the headline**, when identities are known (the dataset's, or the pseudo-identities the
+  split was made from): the share of test identities that also have training images. 0 for an
+  identity-disjoint split; any other value is leakage, whatever the embedding says;
+- **the nearest-neighbour analysis**: for each test image its nearest training neighbour, and the
+  share whose similarity reaches a same-person ``threshold``. The threshold calibrates itself
+  from the training split (:func:`calibrate_threshold`): for sampled training images, the
+  similarity of the nearest training image of *another* identity; the threshold is its 99th
+  percentile, so about 1% of test images of people absent from training reach it. The share
+  above it is compared with that 1% (a leak is suspected above 5 times it, and above 5%);
 - kNN accuracy on test with the usual neighbours and again with same-identity neighbours
   excluded (same known identity when the store has identities, and any neighbour above the
   threshold: a likely same person). A large drop means the kNN score leans on leaked people.
+
+Without any identities the threshold must be given (``--threshold``).
 
 For datasets without identity labels, :func:`pseudo_identities` clusters images into people: the
 connected components of the kNN graph whose edges have similarity >= ``threshold``. They are
@@ -50,17 +59,88 @@ def _knn_scores(labels_nb, sims, valid, *, n_classes, k, temperature) -> np.ndar
     return np.divide(scores, total, out=np.zeros_like(scores), where=total > 0)
 
 
-def identity_leak_audit(X_train, X_test, *, y_train, y_test, threshold: float, identities_train=None,
+CALIBRATION_QUANTILE = 0.99
+LEAK_FACTOR = 5.0  # a leak is suspected when the share above the threshold exceeds 5x its expected rate
+LEAK_MIN_SHARE = 0.05  # ... and 5% of the test images
+
+
+def _first_true(mask: np.ndarray) -> np.ndarray:
+    """Column of the first True per row, -1 where a row has none."""
+    idx = np.argmax(mask, axis=1)
+    return np.where(mask.any(axis=1), idx, -1)
+
+
+def _quantiles(v: np.ndarray) -> dict:
+    if v.size == 0:
+        return {}
+    return {str(q): float(np.quantile(v, q)) for q in (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)}
+
+
+def calibrate_threshold(X, identities, *, quantile: float = CALIBRATION_QUANTILE, k: int = 100,
+                        max_queries: int = 20000, seed: int = 0, device: str = "auto") -> dict:
+    """The same-person cosine threshold of an embedding, from labelled (training) images.
+
+    Rule: for up to ``max_queries`` sampled images, the similarity of the nearest image of a
+    DIFFERENT identity among the ``k`` nearest; the threshold is its ``quantile`` (0.99): only 1%
+    of images whose person is absent reach it. Also reported: the nearest SAME-identity
+    similarities and the share of them at or above the threshold (how often a present person is
+    caught). Returns a JSON-able dict with ``threshold`` and ``rule``.
+    """
+    if not 0.5 <= quantile < 1:
+        raise ProbeConfigError(f"quantile must be in [0.5, 1), got {quantile}")
+    ids = np.asarray(identities).astype(str)
+    X = np.asarray(X)
+    n = len(X)
+    if n < 3 or np.unique(ids).size < 2:
+        raise ProbeConfigError(f"calibrating the threshold needs >= 3 images of >= 2 identities, got {n} images of "
+                               f"{np.unique(ids).size}; pass --threshold")
+    rng = np.random.default_rng(seed)
+    rows = np.arange(n) if n <= max_queries else np.sort(rng.choice(n, max_queries, replace=False))
+    res = knn_search(X, X[rows], k=min(k + 1, n), device=device)
+    not_self = res.indices != rows[:, None]
+    same_id = ids[res.indices] == ids[rows][:, None]
+    fd, fs = _first_true(~same_id), _first_true(same_id & not_self)
+    r = np.arange(rows.size)
+    diff_nn = res.similarities[r[fd >= 0], fd[fd >= 0]]
+    same_nn = res.similarities[r[fs >= 0], fs[fs >= 0]]
+    if diff_nn.size == 0:
+        raise ProbeConfigError(f"no image has another identity among its {k} nearest neighbours; raise k or pass --threshold")
+    threshold = float(np.quantile(diff_nn, quantile))
+    return {
+        "threshold": threshold,
+        "rule": (f"the {quantile:.0%} quantile of the nearest different-identity similarity over {rows.size} "
+                 f"training images: about {1 - quantile:.0%} of test images of people absent from training reach it"),
+        "quantile": float(quantile),
+        "expected_share_without_leak": float(1 - quantile),
+        "n_queries": int(rows.size),
+        "k": int(k),
+        "n_without_other_identity_in_k": int(np.sum(fd < 0)),
+        "different_identity_nearest": _quantiles(diff_nn),
+        "same_identity_nearest": _quantiles(same_nn),
+        "same_identity_nearest_at_or_above_threshold": float(np.mean(same_nn >= threshold)) if same_nn.size else None,
+    }
+
+
+def identity_leak_audit(X_train, X_test, *, y_train, y_test, threshold: float | None = None, identities_train=None,
                         identities_test=None, k: int = 20, search_k: int = 200,
-                        temperature: float = DEFAULT_TEMPERATURE, device: str = "auto") -> dict:
+                        temperature: float = DEFAULT_TEMPERATURE, device: str = "auto",
+                        quantile: float = CALIBRATION_QUANTILE) -> dict:
     """Leak statistics of a train/test split under one embedding (cosine similarity).
 
-    ``y_*`` are name indices; ``threshold`` is the same-person cosine similarity of the model.
-    ``search_k`` neighbours are fetched once so that ``k`` remain after exclusions.
-    Returns a JSON-able dict.
+    ``y_*`` are name indices; ``threshold`` is the same-person cosine similarity of the model,
+    calibrated on the training images and their identities (:func:`calibrate_threshold`) when
+    None. ``search_k`` neighbours are fetched once so that ``k`` remain after exclusions.
+    Returns a JSON-able dict whose ``headline`` says whether a leak is suspected and why.
     """
     y_train = np.asarray(y_train, dtype=np.int64)
     y_test = np.asarray(y_test, dtype=np.int64)
+    calibration = None
+    if threshold is None:
+        if identities_train is None:
+            raise ProbeConfigError("no identities to calibrate the same-person threshold on: pass threshold "
+                                   "(--threshold T, a cosine similarity of this model)")
+        calibration = calibrate_threshold(X_train, identities_train, quantile=quantile, device=device)
+        threshold = calibration["threshold"]
     if not -1.0 <= threshold <= 1.0:
         raise ProbeConfigError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")
     search_k = min(max(search_k, k), len(X_train))
@@ -75,7 +155,8 @@ def identity_leak_audit(X_train, X_test, *, y_train, y_test, threshold: float, i
     acc_below = _knn_accuracy(labels_nb, res.similarities, below, y_test, n_classes=n_classes, k=k,
                               temperature=temperature)
     out = {
-        "threshold": float(threshold), "k": int(k), "search_k": int(search_k), "temperature": float(temperature),
+        "threshold": float(threshold), "threshold_source": "calibrated" if calibration else "given",
+        "calibration": calibration, "k": int(k), "search_k": int(search_k), "temperature": float(temperature),
         "search_device": res.device, "n_test": int(len(y_test)), "n_train": int(len(y_train)),
         "share_nearest_above_threshold": float(np.mean(nearest >= threshold)),
         "nearest_similarity_quantiles": {str(q): float(np.quantile(nearest, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)},
@@ -87,13 +168,36 @@ def identity_leak_audit(X_train, X_test, *, y_train, y_test, threshold: float, i
         id_tr = np.asarray(identities_train).astype(str)
         id_te = np.asarray(identities_test).astype(str)
         same = id_tr[res.indices] == id_te[:, None]
-        out["share_test_identities_in_train"] = float(np.mean(np.isin(id_te, id_tr)))
+        uniq_te = np.unique(id_te)
+        out["share_test_identities_in_train"] = float(np.mean(np.isin(uniq_te, id_tr)))
+        out["n_test_identities"] = int(uniq_te.size)
+        out["share_test_images_identity_in_train"] = float(np.mean(np.isin(id_te, id_tr)))
         out["share_nearest_same_identity"] = float(np.mean(same[:, 0]))
         out["knn_accuracy_excluding_same_identity"] = _knn_accuracy(
             labels_nb, res.similarities, ~same, y_test, n_classes=n_classes, k=k, temperature=temperature)
         out["knn_accuracy_excluding_same_identity_and_above_threshold"] = _knn_accuracy(
             labels_nb, res.similarities, ~same & below, y_test, n_classes=n_classes, k=k, temperature=temperature)
+    out["headline"] = _headline(out)
     return out
+
+
+def _headline(a: dict) -> dict:
+    """Leak suspected, and why: known identities first, then the nearest-neighbour share."""
+    reasons = []
+    shared = a.get("share_test_identities_in_train")
+    if shared:
+        reasons.append(f"{shared:.1%} of the {a['n_test_identities']} test identities also have training images")
+    expected = (a["calibration"] or {}).get("expected_share_without_leak")
+    limit = max(LEAK_FACTOR * expected, LEAK_MIN_SHARE) if expected is not None else LEAK_MIN_SHARE
+    above = a["share_nearest_above_threshold"]
+    if above > limit:
+        reasons.append(f"{above:.1%} of test images have a training neighbour at or above the same-person threshold "
+                       f"{a['threshold']:.3f} (expected without leak: "
+                       + (f"{expected:.1%}" if expected is not None else "unknown, threshold given")
+                       + f"; limit {limit:.1%})")
+    return {"share_test_identities_in_train": shared, "share_nearest_above_threshold": above,
+            "expected_share_without_leak": expected, "limit": limit, "leak_suspected": bool(reasons),
+            "reasons": reasons}
 
 
 def pseudo_identities(X, *, threshold: float, k: int = 10, device: str = "auto", prefix: str = "pid") -> np.ndarray:
@@ -143,12 +247,15 @@ def leak_free_scores(X_train, X_test, *, y_train, n_classes: int, threshold: flo
     return _knn_scores(y_train[res.indices], res.similarities, valid, n_classes=n_classes, k=k, temperature=temperature)
 
 
-def run_audit(store, *, model: str, split, out, threshold: float, view: str | None = None, names: str = "all",
+def run_audit(store, *, model: str, split, out, threshold: float | None = None, view: str | None = None,
+              names: str = "all", quantile: float = CALIBRATION_QUANTILE,
               min_images: int = 0, k: int = 20, search_k: int = 200, temperature: float = DEFAULT_TEMPERATURE,
               device: str = "auto", n_boot: int = 1000, seed: int = 0, experiment: str | None = None) -> dict:
     """Identity-leak audit of ``split`` under ``model`` (a face-identity model such as ``arcface-r50``).
 
-    "Training" is train+val (what final probes are fitted on). The result folder's predictions
+    "Training" is train+val (what final probes are fitted on). Identities: the dataset's, else
+    the pseudo-identities the split was made from; ``threshold`` None calibrates it on them
+    (:func:`calibrate_threshold`), which needs identities. The result folder's predictions
     are the leak-free kNN (neighbours above the threshold and of the same identity excluded);
     ``summary["extra"]["audit"]`` holds the leak statistics.
     """
@@ -165,30 +272,41 @@ def run_audit(store, *, model: str, split, out, threshold: float, view: str | No
     tv = load_xy(store, model, subset="trainval", **kw)
     te = load_xy(store, model, subset="test", **kw)
     # The dataset's identities audit the split even when the split itself was image level.
-    id_all = store.index.identities
+    id_all, id_source = store.index.identities, "dataset"
+    if id_all is None and split.identity_source not in (None, "identity"):
+        id_all, id_source = store.load_identities(split.identity_source)[0], f"pseudo-identities {split.identity_source}"
+    if id_all is None:
+        id_source = None
+        if threshold is None:
+            raise ProbeConfigError(
+                f"{store.path} has no identities (nor does the split's source) to calibrate the same-person threshold "
+                "on: pass --threshold T, or derive pseudo-identities first (`probes identities`)")
     id_tv = None if id_all is None else np.asarray(id_all)[tv.rows]
     id_te = None if id_all is None else np.asarray(id_all)[te.rows]
     audit = identity_leak_audit(tv.X, te.X, y_train=tv.y, y_test=te.y, threshold=threshold, identities_train=id_tv,
-                                identities_test=id_te, k=k, search_k=search_k, temperature=temperature, device=device)
+                                identities_test=id_te, k=k, search_k=search_k, temperature=temperature, device=device,
+                                quantile=quantile)
+    audit["identity_source"] = id_source
+    threshold = audit["threshold"]
     scores = leak_free_scores(tv.X, te.X, y_train=tv.y, n_classes=len(task.names), threshold=threshold,
                               identities_train=id_tv, identities_test=id_te, k=k, search_k=search_k,
                               temperature=temperature, device=device)
     t_audit = time.perf_counter() - t0
     experiment = experiment or f"{model}_audit_{task_slug(names)}"
-    warnings = []
-    if audit["share_nearest_above_threshold"] > 0.05:
-        warnings.append(f"{audit['share_nearest_above_threshold']:.1%} of test images have a training neighbour above "
-                        f"the same-person threshold {threshold}: possible identity leakage")
+    warnings = [f"possible identity leakage: {why}" for why in audit["headline"]["reasons"]]
     cfg = {"family": "audit", "experiment": experiment, "model": model, "view": te.view, "names": names,
            "min_images": min_images, "name_task": task.info(),
-           "probe": {"threshold": threshold, "k": k, "search_k": search_k, "temperature": temperature,
+           "probe": {"threshold": threshold, "threshold_source": audit["threshold_source"], "quantile": quantile,
+                     "k": k, "search_k": search_k, "temperature": temperature,
                      "database": "train+val", "predictions": "kNN without same-identity or above-threshold neighbours"}}
     return finish_experiment(
         out, experiment=experiment, scores=scores, y_true=te.y, names=task.names, image_ids=te.image_ids,
         groups=te.groups, train_labels=tv.y, config=cfg, split_info=split.info(), store_path=store.path,
         model_spec=store.model_spec(model), timings={"audit_s": t_audit}, name_task=task.spec, n_boot=n_boot,
         seed=seed, warnings=warnings, extra={"audit": audit},
-        log=[f"audit {experiment}: share above threshold {audit['share_nearest_above_threshold']:.4f}, "
+        control={"kind": "leak audit", "description": "identity-leak audit: kNN without same-person neighbours"},
+        log=[f"audit {experiment}: threshold {threshold:.4f} ({audit['threshold_source']}), leak suspected "
+             f"{audit['headline']['leak_suspected']}; share above threshold {audit['share_nearest_above_threshold']:.4f}, "
              f"kNN {audit['knn_accuracy']:.4f} -> {audit['knn_accuracy_excluding_above_threshold']:.4f} without "
              "above-threshold neighbours"])
 

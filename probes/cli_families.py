@@ -260,32 +260,45 @@ def ensemble_cmd(store_path, models, views, mode, split_name, seed, by, names, m
 @click.command("audit")
 @_store_option
 @click.option("--model", required=True, help="A face-identity model group (e.g. arcface-r50) or any model.")
-@click.option("--view", default=None)
+@click.option("--view", default=None, help="View of the model (default: the model's default view).")
 @_split_options
 @_task_options
-@click.option("--threshold", required=True, type=float, help="Same-person cosine similarity of the model.")
-@click.option("--k", "k", default=20, show_default=True, type=int)
-@click.option("--temperature", default=0.07, show_default=True, type=float)
+@click.option("--threshold", default=None, type=float,
+              help="Same-person cosine similarity of the model (default: calibrated on the training identities).")
+@click.option("--quantile", default=0.99, show_default=True, type=click.FloatRange(0.5, 1, max_open=True),
+              help="Calibration: the threshold is this quantile of the nearest different-identity similarity.")
+@click.option("--k", "k", default=20, show_default=True, type=int, help="Neighbours of the kNN votes.")
+@click.option("--temperature", default=0.07, show_default=True, type=float, help="Vote weights exp(sim / T).")
 @_common_out
-def audit_cmd(store_path, model, view, split_name, seed, by, names, min_images, threshold, k, temperature, device,
-              n_boot, out, experiment):
-    """Identity-leak audit: test images with a same-person training neighbour, kNN with and without them."""
+def audit_cmd(store_path, model, view, split_name, seed, by, names, min_images, threshold, quantile, k, temperature,
+              device, n_boot, out, experiment):
+    """Identity-leak audit: test identities also in training, test images with a same-person training
+    neighbour, kNN with and without them."""
     from probes.audit import run_audit
 
     try:
         store = _open(store_path, "r" if split_name else "a")
         summ = run_audit(store, model=model, split=_split(store, split_name, by, seed), out=out, threshold=threshold,
-                         view=view, names=names, min_images=min_images, k=k, temperature=temperature, device=device,
-                         n_boot=n_boot, seed=seed, experiment=experiment)
+                         quantile=quantile, view=view, names=names, min_images=min_images, k=k,
+                         temperature=temperature, device=device, n_boot=n_boot, seed=seed, experiment=experiment)
     except _errors() as e:
         raise click.ClickException(str(e)) from e
     a = summ["extra"]["audit"]
-    click.echo(f"share of test images whose nearest train+val neighbour is above {threshold}: "
-               f"{a['share_nearest_above_threshold']:.4f}")
+    h = a["headline"]
+    if h["share_test_identities_in_train"] is not None:
+        click.echo(f"test identities also in train+val: {h['share_test_identities_in_train']:.4f} "
+                   f"(of {a['n_test_identities']}; identities: {a['identity_source']})")
+    cal = a["calibration"]
+    click.echo(f"same-person threshold {a['threshold']:.4f} ("
+               + (cal["rule"] if cal else "given with --threshold") + ")")
+    expected = "" if h["expected_share_without_leak"] is None else f" (expected without leak {h['expected_share_without_leak']:.4f})"
+    click.echo(f"test images whose nearest train+val neighbour reaches it: {a['share_nearest_above_threshold']:.4f}"
+               + expected)
     click.echo(f"kNN accuracy {a['knn_accuracy']:.4f}; without above-threshold neighbours "
                f"{a['knn_accuracy_excluding_above_threshold']:.4f}")
     if "knn_accuracy_excluding_same_identity" in a:
         click.echo(f"kNN accuracy without same-identity neighbours {a['knn_accuracy_excluding_same_identity']:.4f}")
+    click.echo("identity leak suspected: " + ("; ".join(h["reasons"]) if h["leak_suspected"] else "no"))
     _report(summ)
 
 

@@ -81,3 +81,47 @@ def test_cli_identities_then_split_then_audit(tmp_path):
     leaky = json.loads((tmp_path / "r2" / "track3_toy_audit_all" / "summary.json").read_text())
     assert leaky["extra"]["audit"]["share_nearest_above_threshold"] > 0.5
     assert any("leakage" in w for w in leaky["warnings"])
+
+
+def test_calibrated_threshold_separates_people():
+    from probes.audit import calibrate_threshold
+
+    X, pid = _people(n_people=30, per=5, seed=2, spread=0.3)
+    cal = calibrate_threshold(X, pid.astype(str), device="cpu")
+    # Nearest other person: about 1% at or above the threshold (by construction); nearest same
+    # person: almost always above it, since people here are tight clusters.
+    assert cal["same_identity_nearest_at_or_above_threshold"] > 0.9
+    assert cal["threshold"] == pytest.approx(cal["different_identity_nearest"]["0.99"])
+    assert "99% quantile" in cal["rule"] and cal["expected_share_without_leak"] == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="pass --threshold"):
+        calibrate_threshold(X[:5], np.zeros(5).astype(str))
+
+
+def test_audit_without_a_threshold_tells_a_disjoint_split_from_an_image_level_one(tmp_path):
+    from click.testing import CliRunner
+
+    from probes.cli import main
+    from tests.synthetic import planted_store
+
+    # Clustered planted data: each person's images are close, people are spread out.
+    planted_store(tmp_path / "s.zarr", n_names=4, images_per_person=5, dim=32, signal=0.5, identity_scale=3.0,
+                  noise=0.3, seed=4)
+    runner = CliRunner()
+    verdicts = {}
+    for by in ("identity", "image"):
+        res = runner.invoke(main, ["audit", "--store", str(tmp_path / "s.zarr"), "--model", "toy", "--by", by,
+                                   "--k", "5", "--out", str(tmp_path / by), "--n-boot", "50", "--device", "cpu"])
+        assert res.exit_code == 0, res.output
+        summary = json.loads((tmp_path / by / "track3_toy_audit_all" / "summary.json").read_text())
+        verdicts[by] = summary
+        assert summary["extra"]["audit"]["threshold_source"] == "calibrated"
+        assert "identity leak suspected" in res.output
+    ok, leaky = verdicts["identity"], verdicts["image"]
+    assert ok["extra"]["audit"]["headline"]["leak_suspected"] is False
+    assert ok["extra"]["audit"]["share_test_identities_in_train"] == 0.0
+    assert not any("leakage" in w for w in ok["warnings"])
+    assert leaky["extra"]["audit"]["headline"]["leak_suspected"] is True
+    assert leaky["extra"]["audit"]["share_test_identities_in_train"] > 0.5
+    assert leaky["extra"]["audit"]["share_nearest_above_threshold"] > 0.5
+    assert any("possible identity leakage" in w for w in leaky["warnings"])
+    assert ok["control"]["kind"] == "leak audit"  # probes compare lists audits under Controls

@@ -119,9 +119,9 @@ def test_demo_end_to_end_finds_the_planted_signal_and_reruns_cheaply(tmp_path):
 
 def test_demo_lives_above_both_packages_and_both_clis_reach_it(tmp_path, monkeypatch):
     """facestore never imports probes; ``facestore demo`` and ``probes demo`` resolve probes.demo when run."""
-    code = "import sys, facestore, facestore.cli; sys.exit(sorted(m for m in sys.modules if m.split('.')[0] == 'probes'))"
+    code = "import sys, facestore, facestore.cli; print(sorted(m for m in sys.modules if m.split('.')[0] == 'probes'))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
     from click.testing import CliRunner
 

@@ -83,10 +83,15 @@ def test_site_renders_comparison_and_every_experiment_escaped_and_offline(made, 
     for row in comparison["experiments"]:
         page = next(p for p in site.pages if p.experiment == row["experiment"])
         assert f'href="{page.path.name}"' in index  # the table links every experiment's page
+    from probes.report.markup import prose
+
+    assert comparison["recommendations"]
     for rec in comparison["recommendations"]:
-        assert rec.replace("&", "&amp;").replace("'", "&#x27;").replace('"', "&quot;") in index
-    # The comparison.json has no controls yet: the section says so instead of vanishing.
-    assert "no controls section" in index
+        assert prose(rec["text"] if isinstance(rec, dict) else rec) in index
+    assert prose("a < b, `x & y`") == "a &lt; b, <code>x &amp; y</code>"
+    # Every control section of comparison.json is a table of its own, with its title.
+    for section in comparison.get("controls") or []:
+        assert f"<h3>{section['title']}</h3>".replace("'", "&#x27;") in index
 
     pages = {p.experiment: _page(p.path) for p in site.pages}
     planted = pages["planted_all"]
@@ -122,6 +127,7 @@ def test_pages_show_the_summary_numbers_not_recomputed_ones(made, tmp_path):
     comparison = json.loads((results / "comparison.json").read_text())
     comparison["controls"] = [{"control": "shuffled names", "balanced_accuracy": 0.1357, "p_adjusted": 0.9}]
     comparison["experiments"][0]["n_test_identities"] = 7777
+    comparison["added_later"] = {"holdout": {"balanced_accuracy": 0.9753}}
     (results / "comparison.json").write_text(json.dumps(comparison))
 
     site = build_report(results, store=made["store"])
@@ -132,6 +138,7 @@ def test_pages_show_the_summary_numbers_not_recomputed_ones(made, tmp_path):
     index = _page(site.index)
     assert "shuffled names" in index and "0.1357" in index and "no controls section" not in index
     assert "n_test_identities" in index and "7777" in index
+    assert 'id="more-added_later"' in index and "0.9753" in index  # an unknown section renders generically
 
 
 def test_views_computed_from_arrays_say_so_and_missing_inputs_are_named(made, tmp_path):
@@ -180,19 +187,15 @@ def test_unreachable_store_or_images_give_notes_not_broken_images(made, tmp_path
     assert "not reachable" in _page(site.index)
 
     # The store is there but its images moved: a note per page, and no <img> pointing nowhere.
-    moved = tmp_path / "moved"
-    shutil.copytree(made["store"], moved / "store")
-    site = build_report(made["results"], out=tmp_path / "moved_site", store=moved / "store")
-    assert site.thumbnails_written > 0  # the original data folder is still there
-    shutil.rmtree(tmp_path / "moved_site" / "thumbs")
     data_backup = tmp_path / "data_backup"
     shutil.move(made["data"], data_backup)
     try:
-        site = build_report(made["results"], out=tmp_path / "moved_site", store=moved / "store")
+        site = build_report(made["results"], out=tmp_path / "moved_site", store=made["store"])
     finally:
         shutil.move(data_backup, made["data"])
     page = _page(next(p.path for p in site.pages if p.experiment == "planted_all"))
-    assert "could not be read for thumbnails" in page and "thumbs/" not in page
+    assert "could not be read for thumbnails" in page and "missing_file" in page and "thumbs/" not in page
+    assert site.thumbnails_written == 0
 
 
 def test_report_cli_prints_index_and_rejects_bad_input(made, tmp_path):
@@ -223,3 +226,26 @@ def test_without_comparison_json_the_index_says_how_to_make_it(made, tmp_path):
     index = _page(site.index)
     assert "no comparison.json" in index and f"probes compare {results}" in index
     assert all(f'href="{p.path.name}"' in index for p in site.pages)
+
+
+def test_track3_cli_writes_the_html_report_too(made, tmp_path):
+    import shutil
+
+    from facestore import open_store
+    from facestore.store.transfer import import_embeddings
+    from probes.track3 import track3_command
+
+    shutil.copytree(made["store"], tmp_path / "store")
+    store = open_store(tmp_path / "store", mode="a")
+    rng = np.random.default_rng(1)
+    onehot = np.eye(len(store.index.names))[store.index.labels]
+    X = np.concatenate([onehot, rng.normal(size=(store.n, 6))], axis=1).astype(np.float32)
+    import_embeddings(store, "pixels-32", embeddings=X, ids=store.index.image_ids, view="pixels")
+    # kNN: the cheapest experiment on pixels-32 (no training), the report is what is under test.
+    res = CliRunner().invoke(track3_command, ["--store", str(tmp_path / "store"), "--out", str(tmp_path / "res"),
+                                              "--only", "knn_pixels32", "--names", "all", "--n-boot", "30",
+                                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    index = tmp_path / "res" / "report" / "index.html"
+    assert f"html report: {index}" in res.output and index.is_file()
+    assert 'href="track3_knn_pixels32_all.html"' in _page(index)

@@ -10,7 +10,6 @@ table that the page's own script does not sort. Chromium is Debian's ``chromium`
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import select

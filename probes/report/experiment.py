@@ -16,7 +16,7 @@ import numpy as np
 
 from probes.report import figures as F
 from probes.report.gallery import StoreView, Thumbnails
-from probes.report.markup import Cell, esc, fmt, fmt_ci, fmt_p, generic, href, page, table
+from probes.report.markup import Cell, esc, fmt, fmt_ci, fmt_p, generic, href, page, prose, table
 
 __all__ = ["ExperimentPage", "PageOptions", "render_experiment"]
 
@@ -76,21 +76,27 @@ def _headline(summary: dict, names: list[str]) -> str:
         label = Cell(f"<b>{esc(k)}</b>" if k == head else esc(k), k)
         rows.append((label, Cell(generic(v), v if isinstance(v, (int, float)) else None),
                      Cell(fmt_ci(ci.get(k)) if k in ci else "–"), Cell(esc(fmt_p(pv.get(k))) if k in pv else "–")))
-    out = [table(("metric", "value", "95% CI", "p-value"), rows)]
-    extra_ci = {k: v for k, v in ci.items() if k not in metrics}
-    extra_p = {k: v for k, v in pv.items() if k not in metrics}
-    if extra_ci or extra_p:
-        out.append("<h3>More intervals and p-values</h3>" + generic({"ci": extra_ci, "p_value": extra_p}))
+    # Intervals or p-values of quantities that are not metrics (e.g. cv_excess) get rows too.
+    for k in [k for k in [*ci, *pv] if k not in metrics]:
+        if any(r[0].sort == k for r in rows):
+            continue
+        rows.append((Cell(esc(k), k), Cell("–"), Cell(fmt_ci(ci.get(k)) if k in ci else "–"),
+                     Cell(esc(fmt_p(pv.get(k))) if k in pv else "–")))
+    out = [_headline_sentence(summary), table(("metric", "value", "95% CI", "p-value"), rows)]
     sig = summary.get("significant")
     if sig is not None:
         cls = "sig" if sig else "ns"
         rule = summary.get("significance") or (
             f"one-sided p < {fmt(summary.get('significance_level'))} against the best no-information baseline")
-        out.append(f'<p class="{cls}">{"Significant" if sig else "Not significant"}: {esc(rule)}.</p>')
+        out.append(f'<p class="{cls}">{"Significant" if sig else "Not significant"}: {prose(rule)}.</p>')
     if summary.get("baseline") is not None:
         out.append("<h3>Baseline of the test</h3>" + generic(summary["baseline"]))
     method = summary.get("ci_method")
-    if method:
+    if isinstance(method, dict):
+        label = ", ".join(str(method[k]) for k in ("method", "interval") if method.get(k))
+        out.append(f"<details><summary>how the intervals were made: {esc(label or 'details')}</summary>"
+                   + generic(method) + "</details>")
+    elif method:
         out.append(f'<p class="note">Intervals: {generic(method)}</p>')
     chance = summary.get("chance")
     out.append("<h3>Chance baselines</h3>")
@@ -121,6 +127,31 @@ def _headline(summary: dict, names: list[str]) -> str:
     if warnings:
         out.append("<h3>Warnings</h3><ul>" + "".join(f'<li class="warn">{esc(w)}</li>' for w in warnings) + "</ul>")
     return "".join(out)
+
+
+def _headline_sentence(summary: dict) -> str:
+    """One line with the numbers a reader looks for first, each read from summary.json."""
+    m, ci = summary.get("metrics") or {}, summary.get("ci") or {}
+    ch, pv = summary.get("chance") or {}, summary.get("p_value") or {}
+    parts = []
+    for key, label, base_key, base_label in (("balanced_accuracy", "Balanced accuracy", "uniform", "chance"),
+                                             ("accuracy", "top-1", "majority", "majority")):
+        if not isinstance(m.get(key), (int, float)):
+            continue
+        text = f"{label} <b>{esc(fmt(m[key]))}</b> {fmt_ci(ci.get(key)) if key in ci else ''}"
+        if isinstance(ch.get(base_key), (int, float)):
+            text += f" against {base_label} {esc(fmt(ch[base_key]))}"
+        if key in pv:
+            text += f" (p = {esc(fmt_p(pv[key]))})"
+        parts.append(text)
+    if isinstance(m.get("n_test"), int):
+        ident = m.get("n_test_identities")
+        parts.append(f"{m['n_test']} test images" + (f" of {ident} identities" if isinstance(ident, int) else ""))
+    return f'<p class="headline">{" · ".join(parts)}</p>' if parts else ""
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _top_by(counts: np.ndarray, k: int) -> np.ndarray:
@@ -249,6 +280,13 @@ def _score_triplet(s) -> tuple | None:
     return None
 
 
+def _score_cell(s: tuple | None) -> Cell:
+    if s is None:
+        return Cell("–")
+    ci = f'<br><span class="ci">{fmt_ci(list(s[1:]))}</span>' if s[1] is not None else ""
+    return Cell(esc(fmt(s[0])) + ci, s[0])
+
+
 def _forced_choice(summary: dict, fig_dir: Path, stem: str, report_dir: Path) -> str:
     fc = summary.get("forced_choice")
     if fc is None:
@@ -267,14 +305,8 @@ def _forced_choice(summary: dict, fig_dir: Path, stem: str, report_dir: Path) ->
         if null and isinstance(null.get("q025"), (int, float)) and isinstance(null.get("q975"), (int, float)):
             band = (null["q025"], null["q975"])
         entries.append({"label": label, "chance": e.get("chance"), "scores": scores, "null": band})
-
-        def show(t):
-            return "–" if t is None else f"{fmt(t[0])} {fmt_ci(list(t[1:])) if t[1] is not None else ''}"
-
-        rows.append((label, Cell(esc(show(scores["raw"])), scores["raw"] and scores["raw"][0]),
-                     Cell(esc(show(scores["prior_corrected"])), scores["prior_corrected"] and scores["prior_corrected"][0]),
-                     Cell(esc(show(scores["prior_only"])), scores["prior_only"] and scores["prior_only"][0]),
-                     e.get("chance"), Cell(generic(null) if null else "–"), e.get("n_trials")))
+        rows.append((label, *(_score_cell(scores[k]) for k in ("raw", "prior_corrected", "prior_only")),
+                     e.get("chance"), Cell(generic(null, depth=1) if null else "–"), e.get("n_trials")))
     out = [table(("protocol", "raw [95% CI]", "prior-corrected [95% CI]", "prior-only [95% CI]", "chance",
                   "null", "trials"), rows)]
     if any(any(v is not None for v in en["scores"].values()) for en in entries):
@@ -324,11 +356,11 @@ def _galleries(res, proba, store: StoreView, thumbs: Thumbnails, opts: PageOptio
         wrong = np.nonzero((p == c) & (y != c))[0]
         wrong = wrong[np.lexsort((ids[wrong], -conf_c[wrong], -confusions[y[wrong], c]))]
         out.append(f"<h3>{esc(name)}</h3>")
-        out.append(f'<p class="note">{int(right.size)} of {int(true_counts[c])} test images of {esc(name)} '
-                   f"predicted correctly; {int(wrong.size)} images of other names predicted {esc(name)}.</p>")
-        out.append(strip(right, lambda r: "correct", "right"))
-        out.append(f"<p>Given the name {esc(name)} wrongly (caption: the true name):</p>")
-        out.append(strip(wrong, lambda r: f"truly {res.names[y[r]]}", "wrong"))
+        out.append(f'<div class="pair"><div><h4>{int(right.size)} of {_plural(int(true_counts[c]), "test image")} '
+                   f"of {esc(name)} predicted correctly</h4>{strip(right, lambda r: 'correct', 'right')}</div>"
+                   f"<div><h4>{_plural(int(wrong.size), 'image')} of other names given the name {esc(name)} "
+                   f"(caption: the true name)</h4>{strip(wrong, lambda r: f'truly {res.names[y[r]]}', 'wrong')}"
+                   "</div></div>")
     notes = []
     failed = thumbs.failed[failed_before:]
     if failed:

@@ -47,16 +47,16 @@ def _short(label: str, n: int = 18) -> str:
     return label if len(label) <= n else label[: n - 1] + "…"
 
 
-def accuracy_figure(rows: Sequence[dict], path: Path) -> Path:
-    """Balanced accuracy with its 95% CI per experiment, one panel per name task, best first.
+def accuracy_figure(points: Sequence[dict], path: Path, *, flag_label: str = "significant") -> Path:
+    """Balanced accuracy with its 95% CI per experiment, one panel per name task, best at the top.
 
-    ``rows``: comparison.json's experiment rows (``experiment``, ``task``, ``n_names``,
-    ``balanced_accuracy``, ``ba_lo``, ``ba_hi``, ``chance_uniform``, ``significant``). Rows
-    without a balanced accuracy are left out by the caller.
+    ``points``: ``{"experiment", "task", "balanced_accuracy", "lo", "hi", "baseline", "flag"}`` per
+    experiment, values as comparison.json holds them; ``flag`` colours the point (``flag_label``
+    says what it means), ``baseline`` is drawn as a dashed line per task.
     """
     tasks: dict[str, list[dict]] = {}
-    for r in rows:
-        tasks.setdefault(f"{r.get('task')} ({r.get('n_names')} names)", []).append(r)
+    for r in points:
+        tasks.setdefault(str(r["task"]), []).append(r)
     heights = [0.3 * len(rs) + 0.25 for rs in tasks.values()]
     gap = 0.45  # inches between panels, room for the next panel's title
     fig = _figure(8.5, sum(heights) + gap * (len(tasks) - 1) + 0.95, left=2.4, top=0.35,
@@ -66,22 +66,21 @@ def accuracy_figure(rows: Sequence[dict], path: Path) -> Path:
         rs = sorted(rs, key=lambda r: r["balanced_accuracy"])
         y = np.arange(len(rs))
         v = np.array([r["balanced_accuracy"] for r in rs], dtype=float)
-        lo = np.array([r.get("ba_lo", np.nan) for r in rs], dtype=float)
-        hi = np.array([r.get("ba_hi", np.nan) for r in rs], dtype=float)
-        colours = [SIGNIFICANT if r.get("significant") else NOT_SIGNIFICANT for r in rs]
-        ok = np.isfinite(lo) & np.isfinite(hi)
-        for i in np.nonzero(ok)[0]:
+        lo = np.array([r.get("lo") for r in rs], dtype=float)
+        hi = np.array([r.get("hi") for r in rs], dtype=float)
+        colours = [SIGNIFICANT if r.get("flag") else NOT_SIGNIFICANT for r in rs]
+        for i in np.nonzero(np.isfinite(lo) & np.isfinite(hi))[0]:
             ax.plot([lo[i], hi[i]], [y[i], y[i]], color=colours[i], lw=2.2, solid_capstyle="butt")
         ax.scatter(v, y, color=colours, zorder=3, s=28)
-        chances = {r.get("chance_uniform") for r in rs} - {None}
-        for c in chances:
-            ax.axvline(c, color="k", ls="--", lw=1)
+        baselines = sorted({float(r["baseline"]) for r in rs if r.get("baseline") is not None})
+        for b in baselines:
+            ax.axvline(b, color="k", ls="--", lw=1)
         ax.set_yticks(y, [_short(str(r["experiment"]), 30) for r in rs], fontsize=8)
         ax.set_ylim(-0.7, len(rs) - 0.3)
-        title = task + (f"; chance {min(chances):.3g} (dashed)" if chances else "")
-        ax.set_title(title, fontsize=9, loc="left")
+        shown = ", ".join(f"{b:.3g}" for b in baselines[:3])
+        ax.set_title(task + (f"; baseline {shown} (dashed)" if baselines else ""), fontsize=9, loc="left")
         ax.grid(axis="x", alpha=0.3)
-    axes[-1].set_xlabel("balanced accuracy, 95% CI (blue: significant, grey: not)")
+    axes[-1].set_xlabel(f"balanced accuracy, 95% CI (blue: {flag_label}; grey: not)")
     return _save(fig, path)
 
 
@@ -93,10 +92,15 @@ def recall_frequency_figure(names: Sequence[str], recall: np.ndarray, frequency:
     fig = _figure(6.5, 4.2)
     ax = fig.add_subplot()
     ax.scatter(frequency, recall, s=22, alpha=0.75, color=SIGNIFICANT)
+    # Names on the same point share one label instead of overprinting each other.
+    at: dict[tuple[float, float], list[str]] = {}
     for i in np.argsort(-frequency, kind="stable")[:label_top]:
-        ax.annotate(_short(str(names[i])), (frequency[i], recall[i]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    if frequency.size and frequency.max() > 50 * max(frequency[frequency > 0].min(initial=1), 1):
+        at.setdefault((float(frequency[i]), float(recall[i])), []).append(_short(str(names[i]), 14))
+    for (x, y), labels in at.items():
+        text = ", ".join(labels[:4]) + (f" +{len(labels) - 4}" if len(labels) > 4 else "")
+        ax.annotate(text, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    positive = frequency[frequency > 0]
+    if positive.size and positive.max() > 50 * positive.min():
         ax.set_xscale("log")
     ax.set_ylim(-0.04, 1.04)
     ax.set_xlabel(xlabel)
@@ -135,16 +139,23 @@ def forced_choice_figure(entries: Sequence[dict], path: Path) -> Path:
     """
     kinds = ("raw", "prior_corrected", "prior_only")
     colours = {"raw": SIGNIFICANT, "prior_corrected": "#d62728", "prior_only": "#7f7f7f"}
-    fig = _figure(7.5, 0.55 * len(entries) + 1.0, left=1.9)
+    fig = _figure(7.5, 0.55 * len(entries) + 1.3, left=1.9, bottom=0.85)
     ax = fig.add_subplot()
+    labelled: set[str] = set()
+
+    def once(label: str) -> str | None:
+        if label in labelled:
+            return None
+        labelled.add(label)
+        return label
+
     for i, e in enumerate(entries):
         if e.get("null"):
             lo, hi = e["null"]
             ax.fill_betweenx([i - 0.38, i + 0.38], lo, hi, color="#ffdd99", zorder=0,
-                             label="shuffled-name null, 95%" if i == 0 else None)
+                             label=once("shuffled-name null, 95%"))
         if e.get("chance") is not None:
-            ax.plot([e["chance"]] * 2, [i - 0.4, i + 0.4], color="k", ls="--", lw=1,
-                    label="chance" if i == 0 else None)
+            ax.plot([e["chance"]] * 2, [i - 0.4, i + 0.4], color="k", ls="--", lw=1, label=once("chance"))
         for k, kind in enumerate(kinds):
             s = e["scores"].get(kind)
             if s is None:
@@ -153,10 +164,12 @@ def forced_choice_figure(entries: Sequence[dict], path: Path) -> Path:
             off = (k - 1) * 0.22
             if lo is not None and hi is not None:
                 ax.plot([lo, hi], [i + off] * 2, color=colours[kind], lw=2)
-            ax.scatter([acc], [i + off], color=colours[kind], s=24, zorder=3, label=kind.replace("_", "-") if i == 0 else None)
+            ax.scatter([acc], [i + off], color=colours[kind], s=24, zorder=3, label=once(kind.replace("_", "-")))
     ax.set_yticks(range(len(entries)), [e["label"] for e in entries], fontsize=8)
-    ax.invert_yaxis()
+    ax.set_ylim(len(entries) - 0.5, -0.5)
     ax.set_xlabel("forced-choice accuracy, 95% CI")
-    ax.legend(fontsize=7, loc="lower right")
+    # Below the axes: inside, it would hide the scores near 1.
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=len(labels), frameon=False)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)

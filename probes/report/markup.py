@@ -11,11 +11,12 @@ import html
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
-__all__ = ["Cell", "esc", "fmt", "fmt_p", "generic", "href", "page", "table"]
+__all__ = ["Cell", "esc", "fmt", "fmt_ci", "fmt_p", "generic", "href", "page", "prose", "table"]
 
 MAX_LIST = 24
 MAX_ROWS = 300
@@ -24,6 +25,11 @@ MAX_ROWS = 300
 def esc(value) -> str:
     """``value`` as text safe inside HTML elements and quoted attributes."""
     return html.escape(str(value), quote=True)
+
+
+def prose(text) -> str:
+    """A sentence from data, escaped, with its `backtick` spans shown as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", esc(text))
 
 
 def fmt(value, digits: int = 4) -> str:
@@ -140,6 +146,9 @@ def generic(value, *, depth: int = 0) -> str:
     if isinstance(value, dict):
         if not value:
             return "(empty)"
+        if depth >= 1 and len(value) <= 10 and all(_is_scalar(v) for v in value.values()):
+            # A small record inside a table reads better on one line than as a nested table.
+            return " · ".join(f"<code>{esc(k)}</code> {esc(fmt(v))}" for k, v in value.items())
         rows = [(Cell(f"<code>{esc(k)}</code>"), Cell(generic(v, depth=depth + 1))) for k, v in value.items()]
         return table(("key", "value"), rows, sortable=False, cls="kv")
     return esc(str(value))
@@ -155,11 +164,15 @@ header h1 { margin: 0 0 4px; font-size: 22px; }
 header .sub { color: var(--muted); }
 nav.toc { margin-top: 8px; font-size: 13px; }
 nav.toc a { margin-right: 14px; }
-main { padding: 8px 28px 48px; max-width: 1280px; }
+main { padding: 8px 28px 48px; max-width: 1480px; }
 h2 { font-size: 18px; border-bottom: 1px solid var(--line); padding-bottom: 4px; margin-top: 30px; }
 h3 { font-size: 15px; margin: 18px 0 6px; }
 a { color: var(--accent); }
 table { border-collapse: collapse; margin: 8px 0 14px; font-size: 13px; }
+.scroll { overflow-x: auto; max-width: 100%; }
+table.wide { font-size: 12.5px; }
+table.wide td { white-space: nowrap; }
+.ci { color: var(--muted); font-size: 11.5px; }
 th, td { border: 1px solid var(--line); padding: 3px 7px; text-align: left; vertical-align: top; }
 th { background: #f4f6f8; }
 table.sortable th { cursor: pointer; user-select: none; }
@@ -189,6 +202,9 @@ table.heat th.rot span { writing-mode: vertical-rl; transform: rotate(180deg); w
 .bar { display: inline-block; height: 11px; vertical-align: middle; }
 .bar.true { background: #8a939e; }
 .bar.pred { background: var(--accent); }
+.headline { font-size: 15px; background: #f4f6f8; border-left: 4px solid var(--accent); padding: 8px 12px; }
+.pair { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 20px; }
+.pair h4 { margin: 4px 0; font-size: 13px; font-weight: 600; }
 .cols { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
 """
 

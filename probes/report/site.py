@@ -19,27 +19,18 @@ from probes.errors import ResultFormatError
 from probes.report import figures as F
 from probes.report.experiment import ExperimentPage, PageOptions, render_experiment
 from probes.report.gallery import StoreView, Thumbnails, open_store_view
-from probes.report.markup import Cell, esc, fmt, fmt_p, generic, href, page, table
+from probes.report.markup import Cell, esc, fmt, fmt_p, generic, href, page, prose, table
 from probes.results import find_results, read_result
 
 __all__ = ["SiteReport", "build_report"]
 
-# comparison.json experiment-row keys with a column of their own (or folded into one); every
-# other key gets a generic column, so rows gained later show up without a change here.
-ROW_COLUMNS = (
-    ("experiment", "experiment"), ("family", "family"), ("model", "model"), ("n_test", "test images"),
-    ("balanced_accuracy", "balanced acc. [95% CI]"), ("chance_uniform", "chance"),
-    ("accuracy", "top-1 [95% CI]"), ("majority", "majority"), ("prior_matched", "prior-matched"),
-    ("top5_accuracy", "top-5"), ("macro_f1", "macro F1"), ("prediction_cv", "pred. CV"),
-    ("p_balanced", "p (bal.)"), ("p_top1", "p (top-1)"), ("significant", "sig."),
-    ("permutation_p", "permutation p"), ("warnings", "warnings"),
-)
-ROW_FOLDED = {"task", "n_names", "ba_lo", "ba_hi", "acc_lo", "acc_hi", "path", "view", "split", "split_hash",
-              "seed_group", "balance", "ci_method", "distinct_predicted"}
-KNOWN_COMPARISON_KEYS = {"experiments", "tasks", "paired_vs_best", "seed_groups", "plan_targets", "embeddings",
-                         "recommendations", "controls"}
-PLAN_FILES = ("track3_comparison.md", "comparison.json", "comparison.csv", "track3_status.json", "track3_run.log",
-              "track3_accuracy.png", "track3_predicted_counts.png", "track3_f1.png")
+# comparison.json top-level keys with a section of their own; any other key gets a generic one.
+KNOWN_COMPARISON_KEYS = {
+    "schema", "created", "results_dir", "settings", "experiments", "controls", "control_rows", "skipped", "tasks",
+    "best", "seed_groups", "groups", "paired_vs_reference", "paired_vs_best", "families", "plan_targets",
+    "embeddings", "recommendations", "distributions", "plots",
+}
+PLAN_FILES = ("track3_comparison.md", "comparison.json", "comparison.csv", "track3_status.json", "track3_run.log")
 
 
 @dataclass(frozen=True)
@@ -78,84 +69,245 @@ def _num(v) -> bool:
 
 def _with_ci(row: dict, key: str, lo: str, hi: str) -> Cell:
     v = row.get(key)
-    text = fmt(v)
+    text = esc(fmt(v))
     if _num(row.get(lo)) and _num(row.get(hi)):
-        text += f" [{fmt(row[lo])}, {fmt(row[hi])}]"
-    return Cell(esc(text), v if _num(v) else None)
+        text += f'<br><span class="ci">[{esc(fmt(row[lo]))}, {esc(fmt(row[hi]))}]</span>'
+    return Cell(text, v if _num(v) else None)
 
 
-def _vs_best(p) -> Cell:
-    if p == "best":
-        return Cell("<b>best</b>", 0.0)
-    if isinstance(p, dict) and _num(p.get("difference")):
-        ci = p.get("ci") or [None, None]
-        text = f"{p['difference']:+.4f}"
-        if len(ci) == 2 and all(_num(c) for c in ci):
-            text += f" [{ci[0]:+.4f}, {ci[1]:+.4f}]"
-        if _num(p.get("p_value")):
-            text += f" p={p['p_value']:.3g}"
-        return Cell(esc(text), p["difference"])
-    return Cell("n/a" if p is None else generic(p), None)
+def _flag(v) -> Cell:
+    if v is None:
+        return Cell("–")
+    return Cell(f'<span class="{"sig" if v else "ns"}">{esc(fmt(bool(v)))}</span>', int(bool(v)))
+
+
+def _first(row: dict, *keys):
+    """The first of ``keys`` the row holds (schema 2 names first, then the older ones)."""
+    for k in keys:
+        if row.get(k) is not None:
+            return row[k]
+    return None
+
+
+def _beyond(row: dict) -> Cell:
+    b = row.get("beyond_frequency")
+    if not isinstance(b, dict):
+        return _flag(b)
+    cell = _flag(b.get("verdict"))
+    checks = b.get("checks")
+    if isinstance(checks, dict):
+        tip = "; ".join(f"{k}: {fmt(v)}" for k, v in checks.items() if not isinstance(v, (dict, list)))
+        cell.html = f'<span title="{esc(tip)}">{cell.html}</span>'
+    return cell
+
+
+def _top5(row: dict) -> Cell:
+    v = row.get("top5_accuracy")
+    if v is None and row.get("top5_note"):
+        return Cell(f'<span title="{esc(row["top5_note"])}">–</span>')
+    return Cell(esc(fmt(v)), v if _num(v) else None)
+
+
+def _n_test(row: dict) -> Cell:
+    n, ids = row.get("n_test"), row.get("n_test_identities")
+    return Cell(esc(fmt(n)) + (f'<br><span class="ci">{esc(fmt(ids))} ids</span>' if ids is not None else ""), n)
+
+
+# The lean comparison table: (header, the row keys it shows, cell). A column appears when some row
+# holds one of its keys; every field of every row is also in the "every field" table below it.
+COLUMNS = (
+    ("model", ("model",), lambda r: Cell(esc(fmt(f"{r['model']} ({r['view']})" if r.get("view") else r.get("model"))),
+                                          r.get("model"))),
+    ("test images", ("n_test",), _n_test),
+    ("balanced acc. [95% CI]", ("balanced_accuracy",), lambda r: _with_ci(r, "balanced_accuracy", "ba_lo", "ba_hi")),
+    ("baseline", ("baseline_balanced", "chance_uniform"), lambda r: _first(r, "baseline_balanced", "chance_uniform")),
+    ("p (bal.)", ("p_balanced",), lambda r: Cell(esc(fmt_p(r.get("p_balanced"))), r.get("p_balanced"))),
+    ("p adj. (bal.)", ("p_balanced_adj",), lambda r: Cell(esc(fmt_p(r.get("p_balanced_adj"))), r.get("p_balanced_adj"))),
+    ("above baseline", ("above_baseline", "significant"), lambda r: _flag(_first(r, "above_baseline", "significant"))),
+    ("top-1 [95% CI]", ("accuracy",), lambda r: _with_ci(r, "accuracy", "acc_lo", "acc_hi")),
+    ("top-1 baseline", ("baseline_top1", "majority"), lambda r: _first(r, "baseline_top1", "majority")),
+    ("p adj. (top-1)", ("p_top1_adj",), lambda r: Cell(esc(fmt_p(r.get("p_top1_adj"))), r.get("p_top1_adj"))),
+    ("top-5", ("top5_accuracy", "top5_note"), _top5),
+    ("macro F1", ("macro_f1",), lambda r: r.get("macro_f1")),
+    ("pred. CV [95% CI]", ("prediction_cv",), lambda r: _with_ci(r, "prediction_cv", "pred_cv_lo", "pred_cv_hi")),
+    ("ECE", ("ece",), lambda r: r.get("ece")),
+    ("permutation p adj.", ("permutation_p_adj", "permutation_p"),
+     lambda r: Cell(esc(fmt_p(_first(r, "permutation_p_adj", "permutation_p"))),
+                    _first(r, "permutation_p_adj", "permutation_p"))),
+    ("beyond name frequency", ("beyond_frequency",), _beyond),
+    ("warnings", ("warnings",), lambda r: len(r["warnings"]) if isinstance(r.get("warnings"), list) else r.get("warnings")),
+)
+
+
+def _rows_table(rows: list[dict], page_of: dict[str, str]) -> str:
+    cols = [c for c in COLUMNS if any(r.get(k) is not None for r in rows for k in c[1])]
+    body = []
+    for r in rows:
+        name = str(r.get("experiment"))
+        link = page_of.get(name)
+        cells = [Cell(f'<a href="{esc(link)}">{esc(name)}</a>' if link else esc(name), name)]
+        body.append(cells + [render(r) for _, _, render in cols])
+    return f'<div class="scroll">{table(["experiment", *(c[0] for c in cols)], body, cls="wide")}</div>'
+
+
+def _best(best) -> str:
+    if not isinstance(best, dict):
+        return ""
+    if best.get("experiment"):
+        basis = f" ({esc(best['basis'])})" if best.get("basis") else ""
+        return f"<p>Best: <b>{esc(best['experiment'])}</b>{basis}.</p>"
+    return f'<p class="note">No best named: {prose(best.get("reason") or "comparison.json gives no reason")}.</p>'
 
 
 def _comparison_tables(comparison: dict, page_of: dict[str, str]) -> str:
     rows = [r for r in comparison.get("experiments") or [] if isinstance(r, dict)]
     if not rows:
-        return _missing("comparison.json lists no experiments")
+        return _missing("comparison.json lists no ranked experiments")
     by_name = {str(r.get("experiment")): r for r in rows}
     tasks = comparison.get("tasks")
     if not isinstance(tasks, dict):
         tasks = {}
         for r in rows:
-            tasks.setdefault(f"{r.get('task')} ({r.get('n_names')} names)", []).append(str(r.get("experiment")))
-    paired = comparison.get("paired_vs_best") or {}
-    known = {k for k, _ in ROW_COLUMNS} | ROW_FOLDED
-    extra_cols: list[str] = []
-    for r in rows:
-        extra_cols += [k for k in r if k not in known and k not in extra_cols]
-    header = [label for _, label in ROW_COLUMNS] + ["vs best (paired, bal. acc.)"] + extra_cols
-    out = ['<p class="note">From comparison.json. Balanced accuracy is the headline (chance exactly 1/C); '
-           "CIs are 95%; sig. = one-sided p &lt; 0.05 against the best no-information baseline; "
-           "vs best = paired bootstrap of the difference to the task's best experiment on the same test images. "
-           "Click a column to sort.</p>"]
+            tasks.setdefault(r.get("task_key") or f"{r.get('task')} ({r.get('n_names')} names)", []).append(
+                str(r.get("experiment")))
+    settings = comparison.get("settings")
+    out = ['<p class="note">From comparison.json (click a column to sort). Balanced accuracy is the headline; '
+           "each p-value is one-sided against the baseline in its row; adjusted p-values and "
+           "<i>above baseline</i> apply the correction in the settings below; hover a cell of "
+           "<i>beyond name frequency</i> for its checks.</p>"]
+    if isinstance(settings, dict):
+        out.append(f'<p class="note">Settings: {generic(settings, depth=1)}</p>')
+    best = comparison.get("best") if isinstance(comparison.get("best"), dict) else {}
     for task, names in tasks.items():
         task_rows = sorted((by_name[n] for n in names if n in by_name),
                            key=lambda r: -(r["balanced_accuracy"] if _num(r.get("balanced_accuracy")) else -1))
-        body = []
-        for r in task_rows:
-            name = str(r.get("experiment"))
-            link = page_of.get(name)
-            cells: list = []
-            for key, _ in ROW_COLUMNS:
-                if key == "experiment":
-                    cells.append(Cell(f'<a href="{esc(link)}">{esc(name)}</a>' if link else esc(name), name))
-                elif key == "balanced_accuracy":
-                    cells.append(_with_ci(r, key, "ba_lo", "ba_hi"))
-                elif key == "accuracy":
-                    cells.append(_with_ci(r, key, "acc_lo", "acc_hi"))
-                elif key == "model":
-                    m = r.get("model")
-                    text = f"{m} ({r['view']})" if r.get("view") else m
-                    cells.append(Cell(esc(fmt(text)), m))
-                elif key in ("p_balanced", "p_top1", "permutation_p"):
-                    cells.append(Cell(esc(fmt_p(r.get(key))), r.get(key)))
-                elif key == "significant":
-                    sig = r.get(key)
-                    cls = "sig" if sig else "ns"
-                    cells.append(Cell(f'<span class="{cls}">{esc(fmt(sig))}</span>', int(bool(sig))))
-                else:
-                    cells.append(r.get(key))
-            cells.append(_vs_best((paired.get(task) or {}).get(name)))
-            cells += [r.get(k) for k in extra_cols]
-            body.append(cells)
-        out.append(f"<h3>Names task: {esc(task)}</h3>" + table(header, body))
+        if task_rows:
+            out.append(f"<h3>Names task: {esc(task)}</h3>" + _rows_table(task_rows, page_of) + _best(best.get(task)))
+    out.append("<details><summary>every field of every row of comparison.json</summary>"
+               + generic(rows) + "</details>")
     return "".join(out)
 
 
-def _seed_groups(groups) -> str:
-    if not groups:
-        return _missing("every experiment ran on one split (comparison.json seed_groups is empty)")
-    return generic(groups)
+def _paired(comparison: dict) -> str:
+    paired = comparison.get("paired_vs_reference")
+    if paired is None and comparison.get("paired_vs_best"):  # schema 1
+        return generic(comparison["paired_vs_best"])
+    settings = comparison.get("settings") or {}
+    if not paired:
+        why = settings.get("reference_source") or "comparison.json holds no paired comparisons"
+        return _missing(f"No paired comparisons: {why}.")
+    rows = []
+    for p in paired if isinstance(paired, list) else []:
+        if not isinstance(p, dict):
+            continue
+        diff = p.get("difference")
+        ci = p.get("ci") if isinstance(p.get("ci"), list) else None
+        text = "–" if not _num(diff) else f"{diff:+.4f}" + (
+            f' <span class="ci">[{ci[0]:+.4f}, {ci[1]:+.4f}]</span>' if ci and all(_num(c) for c in ci) else "")
+        rows.append((p.get("task"), p.get("experiment"), p.get("reference"), p.get("status"),
+                     Cell(text, diff if _num(diff) else None), Cell(esc(fmt_p(p.get("p_raw"))), p.get("p_raw")),
+                     Cell(esc(fmt_p(p.get("p_adjusted"))), p.get("p_adjusted")), _flag(p.get("significant")),
+                     p.get("reason") or ""))
+    return (f'<p class="note">Reference: {esc(settings.get("reference"))} ({esc(settings.get("reference_source"))}).'
+            "</p>" + table(("task", "experiment", "reference", "status", "difference [95% CI]", "p", "p adj.",
+                            "significant", "reason"), rows))
+
+
+def _controls(comparison: dict, page_of: dict[str, str]) -> str:
+    controls = comparison.get("controls")
+    out = []
+    if controls is None:
+        out.append(_missing("comparison.json has no controls section: not in this result"))
+    elif not controls:
+        out.append(_missing("comparison.json lists no controls for these results"))
+    for section in controls if isinstance(controls, list) else ([controls] if controls else []):
+        spec = section if isinstance(section, dict) else {}
+        cols, rows = spec.get("columns"), spec.get("rows")
+        if isinstance(cols, list) and isinstance(rows, list):
+            labels = spec.get("labels") if isinstance(spec.get("labels"), list) and len(spec["labels"]) == len(cols) else cols
+            body = [[(Cell(f'<a href="{esc(page_of[r[c]])}">{esc(r[c])}</a>', r[c])
+                      if c == "experiment" and r.get(c) in page_of else r.get(c)) for c in cols]
+                    for r in rows if isinstance(r, dict)]
+            out.append(f"<h3>{esc(spec.get('title') or spec.get('kind') or 'control')}</h3>"
+                       + (f'<p class="note">{prose(spec["description"])}</p>' if spec.get("description") else "")
+                       + f'<div class="scroll">{table(labels, body)}</div>')
+        else:
+            out.append(generic(section))
+    control_rows = [r for r in comparison.get("control_rows") or [] if isinstance(r, dict)]
+    if control_rows:
+        out.append("<h3>Control experiments (not ranked)</h3>" + _rows_table(control_rows, page_of))
+    return "".join(out)
+
+
+def _families(families) -> str:
+    if not families:
+        return _missing("comparison.json lists no test families: not in this result")
+    if not isinstance(families, list):
+        return generic(families)
+    out = []
+    for f in families:
+        if not isinstance(f, dict):
+            out.append(generic(f))
+            continue
+        head = ", ".join(f"{k} {fmt(f[k])}" for k in ("correction", "alpha", "n_tests") if k in f)
+        out.append(f"<h3>{esc(f.get('name'))}</h3><p class='note'>{prose(f.get('description') or '')} ({esc(head)})</p>")
+        tests = f.get("tests")
+        out.append(generic(tests) if tests else _missing("no tests in this family"))
+    return "".join(out)
+
+
+def _distributions(dist) -> str:
+    if not isinstance(dist, dict) or not dist:
+        return _missing("comparison.json has no name distributions")
+    out = []
+    for task, d in dist.items():
+        if not isinstance(d, dict) or not isinstance(d.get("names"), list):
+            out.append(f"<h3>{esc(task)}</h3>" + generic(d))
+            continue
+        names, true = d["names"], d.get("true_share") or []
+        pred = d.get("predicted_share") if isinstance(d.get("predicted_share"), dict) else {}
+        body = [[n, true[i] if i < len(true) else None, *(v[i] if i < len(v) else None for v in pred.values())]
+                for i, n in enumerate(names[:40])]
+        more = f" (the first 40 of {len(names)} names)" if len(names) > 40 else ""
+        out.append(f"<h3>{esc(task)}</h3><p class='note'>Shares from comparison.json{esc(more)}; true shares from "
+                   f"{esc(d.get('true_from'))}.</p>"
+                   + f'<div class="scroll">{table(["name", "true share", *pred], body, cls="wide")}</div>')
+    return "".join(out)
+
+
+def _recommendations(recs) -> str:
+    if not recs:
+        return _missing("comparison.json has no recommendations: not in this result")
+    items = []
+    for r in recs if isinstance(recs, list) else [recs]:
+        if isinstance(r, dict):
+            kind = f'<span class="note">[{esc(r["kind"])}]</span> ' if r.get("kind") else ""
+            items.append(f"<li>{kind}{prose(r.get('text') or '')}"
+                         + (f"<details><summary>evidence</summary>{generic(r['evidence'])}</details>"
+                            if r.get("evidence") else "") + "</li>")
+        else:
+            items.append(f"<li>{prose(r)}</li>")
+    return "<ul>" + "".join(items) + "</ul>"
+
+
+def _plots(comparison: dict, results_dir: Path, report_dir: Path) -> str:
+    plots = [p for p in comparison.get("plots") or [] if isinstance(p, dict) and p.get("file")]
+    shown = [p for p in plots if (results_dir / p["file"]).is_file()]
+    if not shown:
+        return ""
+    figs = "".join(f'<h3>{esc(p.get("title") or p["file"])}</h3><img class="fig" '
+                   f'src="{esc(href(results_dir / p["file"], start=report_dir))}" alt="{esc(p["file"])}">'
+                   for p in shown)
+    return f"<details><summary>the plots probes compare wrote ({len(shown)})</summary>{figs}</details>"
+
+
+def _seed_groups(comparison: dict) -> str:
+    groups = comparison.get("seed_groups")
+    out = generic(groups) if groups else _missing("every experiment ran on one split (comparison.json seed_groups is empty)")
+    if comparison.get("groups"):
+        out += "<details><summary>every group of comparison.json (one per experiment or seed group)</summary>" + \
+            generic(comparison["groups"]) + "</details>"
+    return out
 
 
 def _targets(targets) -> str:
@@ -166,7 +318,7 @@ def _targets(targets) -> str:
         if not isinstance(t, dict):
             continue
         sign = ">" if t.get("better") == "higher" else "<"
-        absent = f"no {t.get('task')}-name experiment" if t.get("task") not in ("any", None) else "–"
+        absent = t.get("note") or (f"no {t.get('task')}-name experiment" if t.get("task") not in ("any", None) else "–")
         met = t.get("met")
         rows.append((t.get("metric"), t.get("baseline"), f"{sign} {fmt(t.get('target'))}", t.get("value"),
                      t.get("best_experiment") or "–", absent if t.get("beats_baseline") is None else t.get("beats_baseline"),
@@ -184,12 +336,22 @@ def _embeddings(emb) -> str:
         return generic(emb)
     out = ["<ul>"]
     for task, ranking in emb.items():
-        items = []
+        parts = []
         for e in ranking if isinstance(ranking, list) else []:
-            if isinstance(e, dict):
+            if not isinstance(e, dict):
+                continue
+            if isinstance(e.get("entries"), list):  # schema 2: one ranking per probe family
+                entries = "; ".join(
+                    f"{esc(x.get('model'))} {esc(fmt(x.get('balanced_accuracy')))}"
+                    + (" (above baseline)" if any(x.get("above_baseline") or []) else "")
+                    for x in e["entries"] if isinstance(x, dict))
+                note = f" <span class='note'>({esc(e['basis'])})</span>" if e.get("basis") else ""
+                flag = f" <span class='warn'>{esc(e['flag'])}</span>" if e.get("flag") else ""
+                parts.append(f"{esc(e.get('family'))}: {entries}{note}{flag}")
+            else:
                 sig = "sig." if e.get("significant") else "n.s."
-                items.append(f"{esc(e.get('model'))} {esc(fmt(e.get('balanced_accuracy')))} ({sig})")
-        out.append(f"<li>{esc(task)}: {'; '.join(items) or generic(ranking)}</li>")
+                parts.append(f"{esc(e.get('model'))} {esc(fmt(e.get('balanced_accuracy')))} ({sig})")
+        out.append(f"<li>{esc(task)}: {' · '.join(parts) or generic(ranking)}</li>")
     return "".join(out) + "</ul>"
 
 
@@ -221,7 +383,14 @@ def _accuracy_figure(comparison: dict, report_dir: Path) -> str:
         return _missing("no experiment with a balanced accuracy to plot")
     fig_dir = report_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    path = F.accuracy_figure(rows, fig_dir / "accuracy.png")
+    schema2 = any("above_baseline" in r for r in rows)
+    points = [{"experiment": r.get("experiment"),
+               "task": r.get("task_key") or f"{r.get('task')} ({r.get('n_names')} names)",
+               "balanced_accuracy": r["balanced_accuracy"], "lo": r.get("ba_lo"), "hi": r.get("ba_hi"),
+               "baseline": _first(r, "baseline_balanced", "chance_uniform"),
+               "flag": bool(r.get("above_baseline") if schema2 else r.get("significant"))} for r in rows]
+    label = "above baseline after correction" if schema2 else "significant"
+    path = F.accuracy_figure(points, fig_dir / "accuracy.png", flag_label=label)
     return (f'<img class="fig" src="{esc(href(path, start=report_dir))}" alt="balanced accuracy per experiment">'
             '<p class="note">Drawn from comparison.json, one panel per name task, best at the top.</p>')
 
@@ -229,10 +398,16 @@ def _accuracy_figure(comparison: dict, report_dir: Path) -> str:
 def _index(results_dir: Path, report_dir: Path, comparison: dict | None, comparison_problem: str | None,
            pages: Sequence[ExperimentPage], page_of: dict[str, str], skipped: Sequence[str],
            notes: Sequence[str]) -> str:
+    skipped = list(skipped)
     files = [f for f in PLAN_FILES if (results_dir / f).is_file()]
     links = " · ".join(f'<a href="{esc(href(results_dir / f, start=report_dir))}">{esc(f)}</a>' for f in files)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    subtitle = (f"{esc(results_dir.resolve())} · {len(pages)} experiment pages · written {esc(now)}"
+    made = ""
+    if comparison is not None:
+        schema = comparison.get("schema") if isinstance(comparison.get("schema"), dict) else {}
+        made = (f" · comparison.json {esc(schema.get('name', ''))} {esc(schema.get('version', 'v1'))}"
+                + (f" of {esc(comparison['created'])}" if comparison.get("created") else ""))
+    subtitle = (f"{esc(results_dir.resolve())} · {len(pages)} experiment pages · written {esc(now)}{made}"
                 + (f"<br>The plan's files: {links}" if links else ""))
     sections = []
     if comparison is None:
@@ -242,18 +417,22 @@ def _index(results_dir: Path, report_dir: Path, comparison: dict | None, compari
         sections.append(_section("experiments", "Experiments", body))
     else:
         sections.append(_section("comparison", "Comparison", _comparison_tables(comparison, page_of)))
-        sections.append(_section("accuracy", "Balanced accuracy with 95% CIs", _accuracy_figure(comparison, report_dir)))
-        controls = comparison.get("controls")
-        sections.append(_section("controls", "Controls", generic(controls) if controls is not None else
-                                 _missing("comparison.json has no controls section: not in this result")))
+        sections.append(_section("accuracy", "Balanced accuracy with 95% CIs", _accuracy_figure(comparison, report_dir)
+                                 + _plots(comparison, results_dir, report_dir)))
+        sections.append(_section("recommendations", "Recommendations",
+                                 _recommendations(comparison.get("recommendations"))))
+        sections.append(_section("controls", "Controls", _controls(comparison, page_of)))
+        sections.append(_section("paired", "Paired comparisons", _paired(comparison)))
         sections.append(_section("targets", "The plan's baselines and targets", _targets(comparison.get("plan_targets"))))
         sections.append(_section("embeddings", "Which embeddings carry the most name signal",
                                  _embeddings(comparison.get("embeddings"))))
-        recs = comparison.get("recommendations")
-        sections.append(_section("recommendations", "Recommendations",
-                                 ("<ul>" + "".join(f"<li>{esc(r)}</li>" for r in recs) + "</ul>") if recs else
-                                 _missing("comparison.json has no recommendations: not in this result")))
-        sections.append(_section("seeds", "Over seeds", _seed_groups(comparison.get("seed_groups"))))
+        sections.append(_section("seeds", "Over seeds", _seed_groups(comparison)))
+        sections.append(_section("families", "Multiple-testing families", _families(comparison.get("families"))))
+        sections.append(_section("distributions", "Name shares per task",
+                                 "<details><summary>true and predicted share of every name</summary>"
+                                 + _distributions(comparison.get("distributions")) + "</details>"))
+        for s in comparison.get("skipped") or []:
+            skipped.append(f"{s.get('path')}: {s.get('reason')}" if isinstance(s, dict) else str(s))
         for k, v in comparison.items():
             if k not in KNOWN_COMPARISON_KEYS:
                 sections.append(_section(f"more-{k}", k, generic(v)))
@@ -267,8 +446,8 @@ def _index(results_dir: Path, report_dir: Path, comparison: dict | None, compari
     if skipped or notes:
         items = [f"<li class='warn'>{esc(s)}</li>" for s in skipped] + [f"<li>{esc(n)}</li>" for n in notes]
         sections.append(_section("notes", "What the report could not show", "<ul>" + "".join(items) + "</ul>"))
-    toc = [("comparison", "comparison"), ("accuracy", "accuracy plot"), ("controls", "controls"),
-           ("targets", "plan targets"), ("recommendations", "recommendations"), ("status", "plan status")]
+    toc = [("comparison", "comparison"), ("accuracy", "accuracy plot"), ("recommendations", "recommendations"),
+           ("controls", "controls"), ("paired", "paired"), ("targets", "plan targets"), ("status", "plan status")]
     joined = "".join(sections)
     return page("Track 3 report", joined, subtitle=subtitle, toc=[t for t in toc if f'id="{t[0]}"' in joined])
 

@@ -260,3 +260,9 @@ def test_chromium_check_catches_a_broken_page(tmp_path):
         check_site(page, screenshots=tmp_path / "shots", profile=tmp_path / "profile")
     text = str(err.value)
     assert "missing.png" in text and "broken link" in text and "undefinedFunction" in text
+
+
+def test_without_chromium_the_test_fails_and_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(pytest.fail.Exception, match="apt-get install -y chromium"):
+        chromium_binary()

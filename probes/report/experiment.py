@@ -25,7 +25,7 @@ KNOWN_SUMMARY_KEYS = {
     "experiment", "family", "model", "view", "name_task", "headline", "metrics", "ci", "ci_method", "chance",
     "p_value", "significant", "significance_level", "permutation", "plan", "split", "store_path", "model_spec",
     "probe", "timings", "warnings", "extra", "created", "host", "calibration", "forced_choice", "baseline",
-    "significance", "manifest",
+    "significance", "manifest", "control",
 }
 RAW_FILES = ("summary.json", "config.json", "results.csv", "run.log", "track3_status.json")
 
@@ -170,10 +170,10 @@ def _confusion(res, opts: PageOptions) -> str:
     y, p = res.true_labels, res.predictions
     true_counts = np.bincount(y, minlength=n_names)
     top = _top_by(true_counts, opts.confusion_names)
-    pos = {int(c): i for i, c in enumerate(top)}
+    slot = np.full(n_names, len(top), dtype=np.int64)  # name index -> row/column; len(top) = "other"
+    slot[top] = np.arange(len(top))
     rows_in = np.isin(y, top)
-    cols = np.array([pos.get(int(c), len(top)) for c in p[rows_in]], dtype=np.int64)
-    rows = np.array([pos[int(c)] for c in y[rows_in]], dtype=np.int64)
+    rows, cols = slot[y[rows_in]], slot[p[rows_in]]
     other = bool((cols == len(top)).any())
     matrix = np.zeros((len(top), len(top) + 1), dtype=np.int64)
     np.add.at(matrix, (rows, cols), 1)
@@ -399,6 +399,10 @@ def render_experiment(res, *, page_path: Path, index_href: str, store: StoreView
     files = [f for f in RAW_FILES if (res.path / f).is_file()]
     links = " · ".join(f'<a href="{esc(href(res.path / f, start=report_dir))}">{esc(f)}</a>' for f in files)
     sections = [f'<p class="note">Result folder {esc(res.path)}: {links}</p>']
+    control = summary.get("control")
+    if control:
+        what = generic(control, depth=1) if isinstance(control, dict) else esc(control)
+        sections.append(f'<p class="warn">This result is a control, never ranked: {what}</p>')
 
     sections.append(_section("headline", "Headline metrics", _headline(summary, list(res.names))))
     if comparison_row:

@@ -6,20 +6,33 @@ Two layouts are accepted:
   level; when every image sits at least one level deeper (``ROOT/<name>/<identity>/...``) that
   second level is the person identity (scoped by name: ``<name>/<identity>``);
 - a manifest CSV with columns ``path,name`` and optional ``identity``, ``image_id``; paths are
-  relative to the manifest's directory (the dataset root).
+  relative to the manifest's directory (the dataset root). Every other column is a per-image
+  covariate (``gender``, ``age``, ...): numbers stay numbers, anything else is a string.
 
-The image ID defaults to the POSIX path relative to the root: stable and unique. Names are kept
-verbatim (unicode included); the label of a name is its index in the sorted list of names.
-Every problem is reported before anything is written.
+The image ID defaults to the POSIX path relative to the root: stable and unique. Names are
+Unicode NFC-normalised and stripped of surrounding whitespace (``" anna"``, ``"anna "`` and
+``"anna"`` are one name); a name spelled otherwise in the dataset keeps that verbatim form
+beside it. The label of a name is its index in the sorted list of names.
+
+Only regular files are images. Entries named like images that are not (FIFOs, sockets,
+devices, directories, broken links) are never opened: a folder scan records them in
+``skipped`` with the reason, a manifest that lists one is refused. Every path is resolved:
+a symbolic link whose real location is outside the dataset root is refused (folder: skipped
+with the reason; manifest: an error) unless ``follow_symlinks=True``, which indexes it and
+records it in ``outside_root``. Linked folders inside the root are followed (a folder reached
+twice is recorded, not indexed twice). Every problem is reported before anything is written.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
+import stat as _stat
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -27,7 +40,14 @@ import numpy as np
 from facestore.errors import DatasetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+#: Manifest columns with a meaning of their own; every other column is a covariate.
+MANIFEST_COLUMNS = ("path", "name", "identity", "image_id")
 _MAX_LISTED = 10
+
+
+def normalize_name(name: str) -> str:
+    """The form a name is stored under: Unicode NFC, surrounding whitespace stripped."""
+    return unicodedata.normalize("NFC", name).strip()
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,7 +55,11 @@ class DatasetIndex:
     """The images of a dataset, one row each, sorted by image ID.
 
     ``sizes`` and ``mtimes_ns`` come from ``stat`` (``-1`` for a file that does not exist);
-    content hashes are computed on demand by :meth:`content_hashes`.
+    content hashes are computed on demand by :meth:`content_hashes`. ``row_names`` are
+    normalised (:func:`normalize_name`); ``verbatim_names`` holds a row's name as the dataset
+    spelled it where that differs (``""`` elsewhere). ``skipped``: ``(path, reason)`` of entries
+    not indexed; ``outside_root``: image IDs whose real location is outside ``root`` (only with
+    ``follow_symlinks``); ``covariates``: manifest columns beyond path/name/identity/image_id.
     """
 
     root: Path
@@ -46,6 +70,11 @@ class DatasetIndex:
     sizes: np.ndarray  # int64 (N,)
     mtimes_ns: np.ndarray  # int64 (N,)
     source: str  # "folder" | "manifest"
+    verbatim_names: np.ndarray | None = None
+    skipped: tuple[tuple[str, str], ...] = ()
+    follow_symlinks: bool = False
+    outside_root: tuple[str, ...] = ()
+    covariates: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -84,55 +113,159 @@ def hash_files(paths: list[str], *, workers: int = 8) -> np.ndarray:
 
 
 def file_hash(path: str | os.PathLike) -> str:
-    """A content fingerprint: blake2b (16-byte digest) of the file's bytes; ``""`` if unreadable."""
+    """A content fingerprint: blake2b (16-byte digest) of the file's bytes.
+
+    ``""`` if the file is missing, unreadable or not a regular file. It is opened without
+    blocking and checked before reading, so a FIFO or a device (``/dev/zero``) named like an
+    image never hangs the hashing.
+    """
     h = hashlib.blake2b(digest_size=16)
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return ""
+    try:
+        if not _stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        with os.fdopen(fd, "rb", closefd=False) as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     except OSError:
         return ""
+    finally:
+        os.close(fd)
     return h.hexdigest()
 
 
-def scan_dataset(data: str | os.PathLike) -> DatasetIndex:
-    """Index a dataset: an image folder, or a manifest ``.csv`` file.
+def scan_dataset(data, *, follow_symlinks: bool = False) -> DatasetIndex:
+    """Index a dataset: an image folder, or a manifest ``.csv`` file (a :class:`DatasetIndex` is returned as is).
 
     Raises :class:`DatasetError` (a ``ValueError``) for an empty dataset, a missing or
-    unreadable manifest, missing columns, duplicate image IDs or paths that escape the root.
+    unreadable manifest, missing columns, ragged rows, duplicate image IDs, paths that escape
+    the root (also through a symbolic link, unless ``follow_symlinks``) or that are not regular files.
     """
+    if isinstance(data, DatasetIndex):
+        return data
     data = Path(data)
     if not data.exists():
         raise DatasetError(f"dataset {data} does not exist; pass an image folder ROOT/<name>/... or a manifest CSV")
     if data.is_dir():
-        return _scan_folder(data)
+        return _scan_folder(data, follow_symlinks=follow_symlinks)
     if data.suffix.lower() == ".csv":
-        return _scan_manifest(data)
+        return _scan_manifest(data, follow_symlinks=follow_symlinks)
     raise DatasetError(
         f"dataset {data} is neither a folder nor a .csv manifest; pass ROOT (laid out as ROOT/<name>/**/*.jpg) "
         "or a CSV with columns path,name[,identity,image_id]"
     )
 
 
-def _scan_folder(root: Path) -> DatasetIndex:
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def _inside(real: str, root_real: str) -> bool:
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def _file_kind(mode: int) -> str:
+    """The reason recorded for an entry named like an image that is not a regular file."""
+    if _stat.S_ISDIR(mode):
+        return "directory"
+    if _stat.S_ISFIFO(mode):
+        return "fifo"
+    if _stat.S_ISSOCK(mode):
+        return "socket"
+    if _stat.S_ISCHR(mode):
+        return "character_device"
+    if _stat.S_ISBLK(mode):
+        return "block_device"
+    return "not_a_regular_file"
+
+
+def _walk_folder(root: Path, *, follow_symlinks: bool):
+    """Every regular image file under ``root`` (paths relative to it), what was skipped and why,
+    and which images lie outside the root (reached through a followed link)."""
+    root_real = os.path.realpath(root)
+    images: list[str] = []
+    outside: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[tuple[int, int]] = set()
+
+    def walk(path: str, rel: PurePosixPath, via_outside: bool) -> None:
+        try:
+            st = os.stat(path)
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                skipped.append((f"{rel.as_posix()}/", "folder already indexed through another path (symbolic link)"))
+                return
+            seen.add(key)
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError as e:
+            skipped.append((f"{rel.as_posix()}/", f"unreadable folder: {e.strerror or e}"))
+            return
+        for e in entries:
+            r = rel / e.name
+            is_image = _is_image_name(e.name)
+            top = rel == PurePosixPath(".")
+            outside_here = via_outside
+            try:
+                is_link = e.is_symlink()
+            except OSError:
+                is_link = False
+            if is_link:
+                real = os.path.realpath(e.path)
+                if not os.path.exists(real):
+                    if is_image:
+                        skipped.append((r.as_posix(), "broken symbolic link"))
+                    continue
+                if not _inside(real, root_real):
+                    if not follow_symlinks:
+                        if is_image or os.path.isdir(real):
+                            skipped.append((r.as_posix(), f"symbolic link to {real}, outside the dataset root "
+                                                          "(--follow-symlinks allows it)"))
+                        continue
+                    outside_here = True
+            try:
+                st = os.stat(e.path)
+            except OSError as err:
+                if is_image:
+                    skipped.append((r.as_posix(), f"cannot stat: {err.strerror or err}"))
+                continue
+            if _stat.S_ISDIR(st.st_mode):
+                if is_image:
+                    skipped.append((r.as_posix(), "directory (named like an image)"))
+                    continue
+                walk(e.path, r, outside_here)
+            elif is_image and not top:  # images directly under ROOT have no name: ignored (documented)
+                if _stat.S_ISREG(st.st_mode):
+                    images.append(r.as_posix())
+                    if outside_here:
+                        outside.append(r.as_posix())
+                else:
+                    skipped.append((r.as_posix(), f"{_file_kind(st.st_mode)}, not a regular file (never opened)"))
+
+    walk(os.fspath(root), PurePosixPath("."), False)
+    return images, skipped, outside
+
+
+def _scan_folder(root: Path, *, follow_symlinks: bool = False) -> DatasetIndex:
     root = root.resolve()
-    rel_paths: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        if Path(dirpath) == root:
-            continue  # images directly under ROOT have no name: ignored (documented)
-        for fn in sorted(filenames):
-            if fn.lower().endswith(IMAGE_EXTENSIONS) and not fn.startswith("."):
-                rel_paths.append((Path(dirpath) / fn).relative_to(root).as_posix())
+    rel_paths, skipped, outside = _walk_folder(root, follow_symlinks=follow_symlinks)
     if not rel_paths:
+        extra = f" ({len(skipped)} entries skipped, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise DatasetError(
             f"no images found under {root}: expected ROOT/<name>/[<identity>/]*.{{{','.join(e[1:] for e in IMAGE_EXTENSIONS)}}}"
+            + extra
         )
     parts = [PurePosixPath(p).parts for p in rel_paths]
-    names = [p[0] for p in parts]
+    verbatim = [p[0] for p in parts]
+    names = [normalize_name(v) for v in verbatim]
+    empty = [rel_paths[i] for i, nm in enumerate(names) if not nm]
+    if empty:
+        raise DatasetError(f"{root}: name folder(s) whose name is only whitespace, e.g. {', '.join(empty[:_MAX_LISTED])}")
     deep = [len(p) >= 3 for p in parts]
     if all(deep):
-        identities = [f"{p[0]}/{p[1]}" for p in parts]
+        identities = [f"{names[i]}/{unicodedata.normalize('NFC', p[1])}" for i, p in enumerate(parts)]
     elif not any(deep):
         identities = None
     else:
@@ -142,50 +275,137 @@ def _scan_folder(root: Path) -> DatasetIndex:
             f"(e.g. {', '.join(flat)}); put every image in an identity folder, or none, "
             "or describe the dataset with a manifest CSV (path,name,identity)"
         )
-    return _finish(root, rel_paths, rel_paths, names, identities, source="folder")
+    return _finish(root, rel_paths, rel_paths, names, identities, source="folder", verbatim=verbatim,
+                   skipped=skipped, follow_symlinks=follow_symlinks, outside=outside, covariates={})
 
 
-def _scan_manifest(manifest: Path) -> DatasetIndex:
-    root = manifest.resolve().parent
+def _read_manifest(manifest: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and ``(line number, fields)`` rows; a row with more or fewer fields than the header is an error."""
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            fields = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "") for k, v in row.items()} for row in reader]
+            reader = csv.reader(f)
+            header = next(reader, None) or []
+            rows, ragged = [], []
+            for fields in reader:
+                if not fields or not any(x.strip() for x in fields):
+                    continue  # blank line
+                if len(fields) != len(header):
+                    ragged.append(f"line {reader.line_num}: {len(fields)} field(s), the header has {len(header)}")
+                rows.append((reader.line_num, fields))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"cannot read manifest {manifest}: {e}; it must be a UTF-8 CSV with a header row") from None
+    if ragged:
+        shown = "; ".join(ragged[:_MAX_LISTED]) + (f"; ... {len(ragged) - _MAX_LISTED} more" if len(ragged) > _MAX_LISTED else "")
+        raise DatasetError(f"manifest {manifest}: {len(ragged)} row(s) do not match the header: {shown}. Quote fields "
+                           'that contain commas ("Smith, Anna") and give every row every column')
+    return [c.strip() for c in header], rows
+
+
+def _scan_manifest(manifest: Path, *, follow_symlinks: bool = False) -> DatasetIndex:
+    from facestore.store.layout import check_model_name
+
+    root = manifest.resolve().parent
+    root_real = os.path.realpath(root)
+    fields, raw_rows = _read_manifest(manifest)
     missing = [c for c in ("path", "name") if c not in fields]
     if missing:
         raise DatasetError(
             f"manifest {manifest} lacks column(s) {', '.join(missing)}; found {fields or 'no header'}. "
-            "Required: path,name; optional: identity,image_id"
+            "Required: path,name; optional: identity,image_id; any other column is a per-image covariate"
         )
-    if not rows:
+    dup_cols = sorted({c for c in fields if fields.count(c) > 1})
+    if dup_cols or "" in fields:
+        raise DatasetError(f"manifest {manifest}: every column needs a unique, non-empty header "
+                           f"(duplicates: {', '.join(dup_cols) or 'none'}; empty: {'yes' if '' in fields else 'no'})")
+    if not raw_rows:
         raise DatasetError(f"manifest {manifest} has a header but no rows")
-    has_identity = "identity" in fields
-    has_id = "image_id" in fields
-    rel_paths, ids, names, identities, problems = [], [], [], [], []
-    for lineno, row in enumerate(rows, start=2):
-        p, name = row["path"].strip(), row["name"]
-        if not p or not name.strip():
+    col = {c: i for i, c in enumerate(fields)}
+    cov_names = [c for c in fields if c not in MANIFEST_COLUMNS]
+    for c in cov_names:
+        try:
+            check_model_name(c)
+        except ValueError:
+            raise DatasetError(f"manifest {manifest}: column {c!r} cannot be a covariate name (no slashes, leading "
+                               "dots or spaces)") from None
+    has_identity = "identity" in col
+    has_id = "image_id" in col
+    rel_paths, ids, names, verbatim, identities, problems = [], [], [], [], [], []
+    cov_values: dict[str, list[str]] = {c: [] for c in cov_names}
+    real_dirs: dict[str, str] = {}
+    outside: list[str] = []
+    for lineno, row in raw_rows:
+        p, raw_name = row[col["path"]].strip(), row[col["name"]]
+        name = normalize_name(raw_name)
+        if not p or not name:
             problems.append(f"line {lineno}: empty path or name")
             continue
         rel = _relative_inside(root, p)
         if rel is None:
             problems.append(f"line {lineno}: path {p!r} escapes the dataset root {root}")
             continue
+        full = os.path.join(root, rel)
+        image_id = row[col["image_id"]].strip() if has_id and row[col["image_id"]].strip() else rel
+        try:
+            lst = os.lstat(full)
+        except OSError:
+            lst = None  # missing or unreachable: indexed, and the build records it
+        if lst is not None:
+            parent = os.path.dirname(full)
+            if parent not in real_dirs:
+                real_dirs[parent] = os.path.realpath(parent)
+            real = os.path.realpath(full) if _stat.S_ISLNK(lst.st_mode) else os.path.join(real_dirs[parent],
+                                                                                           os.path.basename(full))
+            if not _inside(real, root_real):
+                if not follow_symlinks:
+                    problems.append(f"line {lineno}: path {p!r} resolves to {real}, outside the dataset root "
+                                    "(a symbolic link); pass --follow-symlinks (follow_symlinks=True) to allow it")
+                    continue
+                outside.append(image_id)
+            try:
+                mode = os.stat(full).st_mode
+            except OSError:
+                mode = None  # a broken link: indexed as missing
+            if mode is not None and not _stat.S_ISREG(mode):
+                problems.append(f"line {lineno}: path {p!r} is a {_file_kind(mode).replace('_', ' ')}, not a regular "
+                                "file (it is never opened)")
+                continue
         rel_paths.append(rel)
         names.append(name)
-        ids.append(row["image_id"].strip() if has_id and row["image_id"].strip() else rel)
+        verbatim.append(raw_name)
+        ids.append(image_id)
         if has_identity:
-            ident = row["identity"].strip()
+            ident = normalize_name(row[col["identity"]])
             if not ident:
                 problems.append(f"line {lineno}: empty identity (the column exists, so every row needs one)")
             identities.append(ident)
+        for c in cov_names:
+            cov_values[c].append(row[col[c]].strip())
     if problems:
         shown = "; ".join(problems[:_MAX_LISTED]) + (f"; ... {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else "")
         raise DatasetError(f"manifest {manifest}: {len(problems)} bad row(s): {shown}")
-    return _finish(root, ids, rel_paths, names, identities if has_identity else None, source="manifest")
+    return _finish(root, ids, rel_paths, names, identities if has_identity else None, source="manifest",
+                   verbatim=verbatim, skipped=[], follow_symlinks=follow_symlinks, outside=outside,
+                   covariates={c: typed_column(v) for c, v in cov_values.items()})
+
+
+def typed_column(values: list[str]) -> np.ndarray:
+    """A covariate column: int64 when every value is an integer, float64 (NaN for empty) when
+    every non-empty value is a number, else the strings as given."""
+    present = [v for v in values if v != ""]
+    if present:
+        try:
+            ints = [int(v) for v in present]
+        except ValueError:
+            ints = None
+        if ints is not None and len(present) == len(values):
+            return np.asarray(ints, dtype=np.int64)
+        try:
+            floats = [float(v) if v != "" else math.nan for v in values]
+        except ValueError:
+            floats = None
+        if floats is not None:
+            return np.asarray(floats, dtype=np.float64)
+    return np.asarray(values, dtype=object).astype(str) if values else np.zeros(0, "<U1")
 
 
 def _relative_inside(root: Path, p: str) -> str | None:
@@ -198,7 +418,8 @@ def _relative_inside(root: Path, p: str) -> str | None:
         return None
 
 
-def _finish(root, ids, rel_paths, names, identities, *, source) -> DatasetIndex:
+def _finish(root, ids, rel_paths, names, identities, *, source, verbatim, skipped, follow_symlinks, outside,
+            covariates) -> DatasetIndex:
     ids_arr = np.asarray(ids, dtype=object)
     order = np.argsort(ids_arr.astype(str), kind="stable")
     ids_sorted = ids_arr[order].astype(str)
@@ -218,13 +439,21 @@ def _finish(root, ids, rel_paths, names, identities, *, source) -> DatasetIndex:
             sizes[i], mtimes[i] = st.st_size, st.st_mtime_ns
         except OSError:
             sizes[i], mtimes[i] = -1, -1
+    row_names = np.asarray(names, dtype=object)[order].astype(str)
+    verb = np.asarray(verbatim, dtype=object)[order].astype(str)
+    verb = np.where(verb == row_names, "", verb)
     return DatasetIndex(
         root=root,
         image_ids=ids_sorted,
         paths=paths.astype(str),
-        row_names=np.asarray(names, dtype=object)[order].astype(str),
+        row_names=row_names,
         identities=None if identities is None else np.asarray(identities, dtype=object)[order].astype(str),
         sizes=sizes,
         mtimes_ns=mtimes,
         source=source,
+        verbatim_names=verb if verb.size else np.zeros(0, "<U1"),
+        skipped=tuple((str(p), str(r)) for p, r in skipped),
+        follow_symlinks=bool(follow_symlinks),
+        outside_root=tuple(sorted(outside)),
+        covariates={c: v[order] for c, v in covariates.items()},
     )

@@ -24,8 +24,40 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
     """No facestore store at the given path."""
 
 
+class StoreExistsError(StoreError, FileExistsError):
+    """A store (or another non-empty directory) is already where a new store was asked for."""
+
+
 class StoreFormatError(StoreError, ValueError):
     """The store exists but is not a facestore store this version can read."""
+
+
+class StoreCorruptError(StoreFormatError):
+    """A member of the store is damaged or missing: a chunk whose checksum or size is wrong, a
+    missing array or chunk file, a dtype or length that disagrees with the format.
+
+    The message names the member (model, view, chunk and rows where it applies) and says to run
+    ``facestore verify``.
+    """
+
+
+class IncompleteModelError(StoreError, ValueError):
+    """A model group is still being built or imported, or rows a caller needs are still pending.
+
+    Raised by readers that must not see partial data (``probes``' ``load_xy``); the message names
+    the command that finishes the group and the ``allow_incomplete`` escape hatch.
+    """
+
+
+class NonFiniteError(StoreError, ValueError):
+    """Vectors that should be finite hold NaN or inf (a damaged or hand-edited store)."""
+
+
+class ViewNotFoundError(StoreError, KeyError):
+    """A view name that the model group does not have."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message (stray quotes)
+        return str(self.args[0]) if self.args else ""
 
 
 class SpecMismatchError(StoreError, ValueError):
@@ -33,7 +65,7 @@ class SpecMismatchError(StoreError, ValueError):
 
 
 class StoreLockedError(StoreError, RuntimeError):
-    """Another live process holds the write lock of a model group."""
+    """Another live process holds a write lock of the store (a model group, the index)."""
 
 
 class DatasetChangedError(StoreError, ValueError):

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 ENCODING_TYPE = "facestore"
-ENCODING_VERSION = "1.0.0"
-#: Major versions this code reads. A store written by a newer major version is refused.
-READABLE_MAJOR = 1
+#: 2.0.0: every chunk carries a crc32c checksum, every written chunk has a file, index column
+#: ``name_verbatim``, index and values fingerprints, completion markers on model groups and
+#: on saved splits/identities (see docs/store-format.md, "Changes").
+ENCODING_VERSION = "2.0.0"
+#: The major version this code writes and reads. A store written by a newer major is refused.
+READABLE_MAJOR = 2
+#: Older majors this code still opens, read-only and with a warning (``facestore upgrade`` migrates).
+LEGACY_MAJORS = (1,)
 
 INDEX = "index"
 MODELS = "models"
@@ -14,11 +19,28 @@ IDENTITIES = "identities"
 TEXT = "text"
 LOCKS = ".locks"
 
+COVARIATES = "covariates"
 STATUS = "status"
 STATUS_DETAIL = "status_detail"
 
+#: The index arrays and the dtype the format specifies for each ("string": variable-length UTF-8).
+INDEX_COLUMNS: dict[str, str] = {
+    "image_id": "string",
+    "path": "string",
+    "label": "int32",
+    "identity": "string",
+    "name_verbatim": "string",
+    "size": "int64",
+    "mtime_ns": "int64",
+    "content_hash": "string",
+}
+#: Index columns absent from format 1 stores.
+INDEX_COLUMNS_SINCE_2 = ("name_verbatim",)
+
 #: Rows per chunk of the index arrays (strings and integers; read whole).
 INDEX_CHUNK_ROWS = 65536
+#: Smallest index chunk: a small first sync still leaves room for appends without tiny chunks.
+INDEX_MIN_CHUNK_ROWS = 1024
 DEFAULT_CHUNK_ROWS = 8192
 
 #: Per-row status codes of a model group. 0 means "not written yet" (the fill value), so rows
@@ -47,6 +69,11 @@ STATUS_BY_REASON: dict[str, int] = {v: k for k, v in STATUS_CODES.items()}
 def status_code(reason: str) -> int:
     """The status code stored for a failure ``reason`` (unknown reasons map to ``preprocess_error``)."""
     return STATUS_BY_REASON.get(reason, STATUS_BY_REASON["preprocess_error"])
+
+
+def index_chunk_rows(n: int) -> int:
+    """Rows per chunk of an index-like array created with ``n`` rows."""
+    return min(INDEX_CHUNK_ROWS, max(n, INDEX_MIN_CHUNK_ROWS))
 
 
 def model_path(model: str) -> str:

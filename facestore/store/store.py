@@ -4,14 +4,23 @@
 names, identities, content fingerprints) is written by :meth:`Store.sync_index`; each model has
 its own group, written chunk by chunk by a :class:`~facestore.store.writer.ModelWriter`.
 The format is specified member by member in ``docs/store-format.md``.
+
+Every read is checked: chunk checksums and sizes (:mod:`facestore.store._codec`), array dtypes
+and lengths against the format, index chunks present. Damage raises
+:class:`~facestore.errors.StoreCorruptError` naming the member; it never reads as data.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import hashlib
+import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+import shutil
+import time
+import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,36 +31,44 @@ import zarr
 from facestore.errors import (
     DatasetChangedError,
     DatasetError,
+    IncompleteModelError,
     ModelNotFoundError,
+    StoreCorruptError,
     StoreError,
+    StoreExistsError,
     StoreFormatError,
     StoreNotFoundError,
+    ViewNotFoundError,
 )
-from facestore.store import layout
+from facestore.store import _codec, layout
+from facestore.store._codec import as_str, read_rows, str_array  # noqa: F401  (read_rows: public here too)
 from facestore.store.lock import StoreLock
+from facestore.store.writer import ModelWriter
+
+log = logging.getLogger("facestore.store")
 
 _MAX_LISTED = 10
+#: Entries of the dataset's skipped list kept in the index attrs (the count is always kept).
+_MAX_SKIPPED_RECORDED = 1000
+_LABEL_NEXT, _LABEL_OLD = "label.next", "label.old"
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _str_array(values) -> np.ndarray:
-    return np.asarray(list(values), dtype=object).astype(str) if len(values) else np.zeros(0, dtype="<U1")
-
-
-def as_str(a) -> np.ndarray:
-    """A fixed-width unicode array from anything zarr returns (numpy StringDType included)."""
-    a = np.asarray(a)
-    if a.dtype.kind == "U":
-        return a
-    return a.astype(object).astype(str) if a.size else np.zeros(a.shape, dtype="<U1")
+# Kept for callers of the old private name.
+_str_array = str_array
 
 
 @dataclass(frozen=True, eq=False)
 class StoreIndex:
-    """The rows of a store: one per image, in storage order (row ``i`` of every model group)."""
+    """The rows of a store: one per image, in storage order (row ``i`` of every model group).
+
+    ``verbatim_names``: a row's name as the dataset spelled it when that differs from the
+    normalised name (NFC, stripped), else ``""``. ``covariates``: per-image covariates, name ->
+    array in index order (strings, or numbers for numeric columns).
+    """
 
     image_ids: np.ndarray
     paths: np.ndarray
@@ -61,6 +78,8 @@ class StoreIndex:
     sizes: np.ndarray
     mtimes_ns: np.ndarray
     content_hashes: np.ndarray
+    verbatim_names: np.ndarray | None = None
+    covariates: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -68,17 +87,24 @@ class StoreIndex:
     @property
     def row_names(self) -> np.ndarray:
         """The name of every row (``names[labels]``)."""
-        return np.asarray(self.names, dtype=object)[self.labels].astype(str) if len(self.labels) else _str_array([])
+        return np.asarray(self.names, dtype=object)[self.labels].astype(str) if len(self.labels) else str_array([])
 
 
 @dataclass(frozen=True)
 class SyncReport:
-    """What :meth:`Store.sync_index` did."""
+    """What :meth:`Store.sync_index` did.
+
+    ``skipped``: ``(path, reason)`` of dataset entries that are not indexed (not a regular file,
+    a symbolic link leaving the dataset root, ...); ``rehashed``: images whose content was
+    fingerprinted again to check they did not change.
+    """
 
     added: int
     total: int
     missing: list[str] = field(default_factory=list)  # in the store but no longer in the dataset
     new_names: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    rehashed: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +119,10 @@ class TextEmbeddings:
     spec: dict[str, Any]
 
 
+def _verify_hint(path) -> str:
+    return f"run `facestore verify {path}` to list every problem"
+
+
 class Store:
     """An open facestore store. Use :func:`open_store` or :func:`create_store`."""
 
@@ -101,19 +131,38 @@ class Store:
         self.mode = mode
         if not (self.path / "zarr.json").exists():
             raise StoreNotFoundError(
-                f"no facestore store at {self.path}; create one with `facestore build --data DATA --store {self.path} --model NAME`"
+                f"no facestore store at {self.path}; create one with `facestore index --data DATA --store {self.path}` "
+                f"or `facestore build --data DATA --store {self.path} --model NAME`"
             )
-        self._root = zarr.open_group(str(self.path), mode="r" if mode == "r" else "r+")
-        attrs = dict(self._root.attrs)
+        attrs = self.attrs
         if attrs.get("encoding-type") != layout.ENCODING_TYPE:
             raise StoreFormatError(
                 f"{self.path} is a Zarr group but not a facestore store (encoding-type {attrs.get('encoding-type')!r})"
             )
-        major = int(str(attrs.get("encoding-version", "0")).split(".")[0])
+        version = str(attrs.get("encoding-version", "0"))
+        try:
+            major = int(version.split(".")[0])
+        except ValueError:
+            raise StoreCorruptError(f"{self.path}: encoding-version {version!r} is not a version; {_verify_hint(self.path)}") from None
         if major > layout.READABLE_MAJOR:
             raise StoreFormatError(
-                f"{self.path} uses store format {attrs['encoding-version']}, newer than this facestore reads "
+                f"{self.path} uses store format {version}, newer than this facestore reads "
                 f"({layout.ENCODING_VERSION}); upgrade facestore (pip install -U facestore)"
+            )
+        #: A store of an older format: readable (no checksums to check), never written.
+        self.legacy = major < layout.READABLE_MAJOR
+        if self.legacy:
+            if major not in layout.LEGACY_MAJORS:
+                raise StoreFormatError(f"{self.path} uses store format {version}, which this facestore cannot read")
+            if mode != "r":
+                raise StoreFormatError(
+                    f"{self.path} uses store format {version}; this facestore writes format {layout.ENCODING_VERSION} "
+                    f"(checksummed chunks). Migrate it first: `facestore upgrade {self.path}` (it can still be read as is)"
+                )
+            warnings.warn(
+                f"{self.path} uses store format {version}: opened read-only, and its chunks carry no checksums, so "
+                f"damage cannot be detected; `facestore upgrade {self.path}` migrates it to {layout.ENCODING_VERSION}",
+                RuntimeWarning, stacklevel=3,
             )
         self._index: StoreIndex | None = None
 
@@ -121,9 +170,18 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, n={self.n}, models={self.models})"
 
+    def _root(self, mode: str = "r"):
+        try:
+            return zarr.open_group(str(self.path), mode=mode)
+        except (PermissionError, MemoryError):
+            raise
+        except Exception as e:
+            raise StoreCorruptError(f"{self.path}: the root metadata (zarr.json) cannot be read ({type(e).__name__}: "
+                                    f"{e}); {_verify_hint(self.path)}") from None
+
     @property
     def attrs(self) -> dict[str, Any]:
-        return dict(zarr.open_group(str(self.path), mode="r").attrs)
+        return dict(self._root().attrs)
 
     @property
     def n(self) -> int:
@@ -136,13 +194,14 @@ class Store:
         return Path(root) if root else None
 
     def _group(self, path: str, *, create: bool = False):
-        root = zarr.open_group(str(self.path), mode="r" if self.mode == "r" else "r+")
+        root = self._root("r" if self.mode == "r" else "r+")
         try:
             return root[path]
         except KeyError:
             if not create:
                 raise
             self._require_writable()
+            _codec.check_no_symlink(self.path, self.path / path)
             return root.require_group(path)
 
     def _require_writable(self) -> None:
@@ -160,86 +219,186 @@ class Store:
             self._index = self._read_index()
         return self._index
 
+    def _index_group(self):
+        try:
+            return self._group(layout.INDEX)
+        except KeyError:
+            raise StoreCorruptError(
+                f"{self.path}: the index group is missing although n_images is {self.n}; the store is damaged "
+                f"({_verify_hint(self.path)}); make a new store from the dataset (`facestore index --data DATA --store NEW`)"
+            ) from None
+
+    def _index_array(self, g, name: str):
+        try:
+            return g[name]
+        except KeyError:
+            raise StoreCorruptError(f"{self.path}: index array {name!r} is missing; {_verify_hint(self.path)}") from None
+
+    def _label_array(self, g):
+        # Between the two renames of a relabelling append, only the old labels exist (see _swap_labels).
+        for name in ("label", _LABEL_OLD):
+            try:
+                return g[name]
+            except KeyError:
+                continue
+        return self._index_array(g, "label")
+
+    def _index_column(self, arr, name: str, n: int) -> np.ndarray:
+        want, got = layout.INDEX_COLUMNS[name], _codec.data_type(arr)
+        if got != want:
+            raise StoreCorruptError(f"{self.path}: index array {name!r} is {got}, the format specifies {want} "
+                                    f"(edited metadata?); {_verify_hint(self.path)}")
+        if arr.shape[0] < n:
+            raise StoreCorruptError(f"{self.path}: index array {name!r} has {arr.shape[0]} rows but n_images is {n}; "
+                                    f"{_verify_hint(self.path)}")
+        return _codec.read(arr, n, what=f"{self.path}: index array {name!r}", base=self.path / arr.path,
+                           require_chunks=not self.legacy)
+
     def _read_index(self) -> StoreIndex:
-        if self.n == 0:
-            empty = _str_array([])
+        n = self.n
+        if n == 0:
+            empty = str_array([])
             return StoreIndex(empty, empty, np.zeros(0, np.int32), [], None, np.zeros(0, np.int64),
                               np.zeros(0, np.int64), empty)
-        g = self._group(layout.INDEX)
-        n = self.n
+        g = self._index_group()
+        gattrs = dict(g.attrs)
 
         def col(name):
-            return np.asarray(g[name][:n])
+            return self._index_column(self._index_array(g, name), name, n)
 
-        has_identity = bool(g.attrs.get("has_identity", False))
+        label_arr = self._label_array(g)
+        labels = self._index_column(label_arr, "label", n).astype(np.int32)
+        names = list(label_arr.attrs.get("names", gattrs.get("names", [])))
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
+            raise StoreCorruptError(f"{self.path}: index labels point outside the names list ({len(names)} names, labels "
+                                    f"{int(labels.min())}..{int(labels.max())}); {_verify_hint(self.path)}")
+        has_identity = bool(gattrs.get("has_identity", False))
+        verbatim = None
+        if not self.legacy:
+            verbatim = as_str(col("name_verbatim"))
         return StoreIndex(
             image_ids=as_str(col("image_id")),
             paths=as_str(col("path")),
-            labels=col("label").astype(np.int32),
-            names=list(g.attrs["names"]),
+            labels=labels,
+            names=names,
             identities=as_str(col("identity")) if has_identity else None,
             sizes=col("size").astype(np.int64),
             mtimes_ns=col("mtime_ns").astype(np.int64),
             content_hashes=as_str(col("content_hash")),
+            verbatim_names=verbatim,
+            covariates=self._read_covariates(n),
         )
+
+    def _read_covariates(self, n: int) -> dict[str, np.ndarray]:
+        from facestore.store.covariates import read_covariates
+
+        return read_covariates(self, n)
+
+    def find_rows(self, ids) -> np.ndarray:
+        """Row positions of image IDs, ``-1`` for IDs not in the index."""
+        ids = np.asarray(ids).astype(str)
+        if not len(ids) or not len(self.index):
+            return np.full(len(ids), -1, np.int64)
+        order = np.argsort(self.index.image_ids)
+        sorted_ids = self.index.image_ids[order]
+        pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+        found = sorted_ids[pos] == ids
+        return np.where(found, order[pos], -1).astype(np.int64)
 
     def rows_of(self, ids) -> np.ndarray:
         """Row positions of image IDs; unknown IDs raise ``KeyError`` listing some of them."""
         ids = np.asarray(ids).astype(str)
-        order = np.argsort(self.index.image_ids)
-        sorted_ids = self.index.image_ids[order]
-        pos = np.searchsorted(sorted_ids, ids)
-        pos = np.clip(pos, 0, max(len(sorted_ids) - 1, 0))
-        found = (len(sorted_ids) > 0) & (sorted_ids[pos] == ids) if len(ids) else np.zeros(0, bool)
-        if not np.all(found):
-            missing = ids[~found]
+        rows = self.find_rows(ids)
+        if (rows < 0).any():
+            missing = ids[rows < 0]
             raise KeyError(
                 f"{len(missing)} image ID(s) are not in the store index, e.g. {', '.join(missing[:_MAX_LISTED].tolist())}"
             )
-        return order[pos].astype(np.int64)
+        return rows
 
-    def sync_index(self, dataset, *, workers: int = 8) -> SyncReport:
+    def sync_index(self, dataset, *, workers: int = 8, rehash: bool = False, lock_wait_s: float = 0.0) -> SyncReport:
         """Write the index from a :class:`~facestore.dataset.DatasetIndex`, or append its new images.
 
         Rows already in the store keep their position. An image whose content fingerprint
         changed raises :class:`DatasetChangedError` before anything is written (never mix
-        vectors of two versions of an image under one ID). Images that disappeared from the
+        vectors of two versions of an image under one ID); images whose size or modification
+        time changed are fingerprinted again, and ``rehash=True`` fingerprints every image
+        (an edit that restored the modification time). Images that disappeared from the
         dataset stay in the store and are reported in ``missing``.
+
+        ``lock_wait_s``: how long to wait for another live process's index lock (a dead
+        holder's lock is broken at once).
         """
         self._require_writable()
-        with self.lock("index", owner="index sync"):
+        lock = self.lock("index", owner=f"index sync (pid {os.getpid()})")
+        lock.acquire(wait_s=lock_wait_s)
+        try:
+            self._recover_label_swap()
             if self.n == 0:
                 report = self._write_new_index(dataset, workers=workers)
             else:
-                report = self._append_index(dataset, workers=workers)
+                report = self._append_index(dataset, workers=workers, rehash=rehash)
+        finally:
+            lock.release()
         self._index = None
+        if report.skipped:
+            shown = "; ".join(f"{p} ({r})" for p, r in report.skipped[:_MAX_LISTED])
+            more = f"; ... {len(report.skipped) - _MAX_LISTED} more" if len(report.skipped) > _MAX_LISTED else ""
+            log.warning("%d dataset entr%s not indexed: %s%s (recorded in the index attrs; `facestore info --json`)",
+                        len(report.skipped), "y" if len(report.skipped) == 1 else "ies", shown, more)
         return report
 
-    def _write_new_index(self, ds, *, workers: int) -> SyncReport:
-        hashes = ds.content_hashes(workers=workers)
-        root = zarr.open_group(str(self.path), mode="r+")
-        g = root.require_group(layout.INDEX)
-        n = len(ds)
-        chunks = (min(layout.INDEX_CHUNK_ROWS, max(n, 1)),)
-        cols = {
-            "image_id": ds.image_ids, "path": ds.paths, "label": ds.labels,
-            "identity": ds.identities if ds.identities is not None else _str_array([""] * n),
-            "size": ds.sizes, "mtime_ns": ds.mtimes_ns, "content_hash": hashes,
+    def _columns(self, ds, rows: np.ndarray, hashes: np.ndarray) -> dict[str, np.ndarray]:
+        k = len(rows)
+        verbatim = getattr(ds, "verbatim_names", None)
+        return {
+            "image_id": ds.image_ids[rows], "path": ds.paths[rows],
+            "identity": ds.identities[rows] if ds.identities is not None else str_array([""] * k),
+            "name_verbatim": verbatim[rows] if verbatim is not None else str_array([""] * k),
+            "size": ds.sizes[rows], "mtime_ns": ds.mtimes_ns[rows], "content_hash": hashes,
         }
-        for name, values in cols.items():
-            dtype = str if values.dtype.kind in "UTO" else values.dtype
-            arr = g.create_array(name, shape=(n,), dtype=dtype, chunks=chunks, overwrite=True)
+
+    def _index_attrs(self, ds, names: list[str]) -> dict[str, Any]:
+        skipped = [list(s) for s in getattr(ds, "skipped", ())]
+        return {"names": names, "has_identity": ds.identities is not None, "source": ds.source,
+                "skipped": skipped[:_MAX_SKIPPED_RECORDED], "n_skipped": len(skipped),
+                "follow_symlinks": bool(getattr(ds, "follow_symlinks", False)),
+                "outside_root": list(getattr(ds, "outside_root", ()))[:_MAX_SKIPPED_RECORDED]}
+
+    def _write_new_index(self, ds, *, workers: int) -> SyncReport:
+        n = len(ds)
+        hashes = ds.content_hashes(workers=workers)
+        _codec.check_no_symlink(self.path, self.path / layout.INDEX)
+        root = self._root("r+")
+        g = root.require_group(layout.INDEX)
+        chunks = (layout.index_chunk_rows(n),)
+        rows = np.arange(n)
+        labels = ds.labels
+        names = ds.names
+        for name, values in {**self._columns(ds, rows, hashes), "label": labels}.items():
+            kind = layout.INDEX_COLUMNS[name]
+            arr = _codec.create_array(g, name, shape=(n,), dtype=str if kind == "string" else kind, chunks=chunks,
+                                      overwrite=True)
             arr[:] = values
-        g.attrs.update({"names": ds.names, "has_identity": ds.identities is not None, "source": ds.source})
+            if name == "label":
+                arr.attrs["names"] = names
+        g.attrs.update(self._index_attrs(ds, names))
+        from facestore.store.covariates import write_dataset_covariates
+
+        write_dataset_covariates(self, ds, rows, n_old=0)
+        # The root attrs are the commit: until n_images is written the index reads as empty.
         root.attrs.update({
             "n_images": n,
             "data_root": str(ds.root),
             "dataset_fingerprint": _dataset_fingerprint(ds.image_ids, hashes),
+            "index_fingerprint": _index_fingerprint(ds.image_ids, ds.paths, ds.row_names,
+                                                    ds.identities, hashes),
+            "appending": None,
             "updated": _now(),
         })
-        return SyncReport(added=n, total=n, new_names=ds.names)
+        return SyncReport(added=n, total=n, new_names=names, skipped=list(getattr(ds, "skipped", ())))
 
-    def _append_index(self, ds, *, workers: int) -> SyncReport:
+    def _append_index(self, ds, *, workers: int, rehash: bool) -> SyncReport:
         old = self._read_index()
         if (old.identities is None) != (ds.identities is None):
             have = "has" if old.identities is not None else "has no"
@@ -250,9 +409,9 @@ class Store:
         old_pos = {k: i for i, k in enumerate(old.image_ids.tolist())}
         in_store = np.fromiter((old_pos.get(k, -1) for k in ds.image_ids.tolist()), dtype=np.int64, count=len(ds))
         both = np.nonzero(in_store >= 0)[0]
-        # Cheap check first: same size and mtime -> same content. Hash only what looks touched.
         sp = in_store[both]
-        touched = both[(ds.sizes[both] != old.sizes[sp]) | (ds.mtimes_ns[both] != old.mtimes_ns[sp])]
+        # Cheap check first: same size and mtime -> same content. Hash what looks touched (or all, on request).
+        touched = both if rehash else both[(ds.sizes[both] != old.sizes[sp]) | (ds.mtimes_ns[both] != old.mtimes_ns[sp])]
         changed: list[str] = []
         if len(touched):
             new_h = ds.content_hashes(touched, workers=workers)
@@ -273,42 +432,84 @@ class Store:
             )
         new_rows = np.nonzero(in_store < 0)[0]
         missing = sorted(set(old.image_ids.tolist()) - set(ds.image_ids.tolist()))
-        root = zarr.open_group(str(self.path), mode="r+")
+        from facestore.store.covariates import plan_dataset_covariates, write_dataset_covariates
+
+        n_old = len(old)
+        covariate_plan = plan_dataset_covariates(self, ds, new_rows, n_old=n_old)  # conflicts fail before any write
+        _codec.check_no_symlink(self.path, self.path / layout.INDEX)
+        root = self._root("r+")
         g = root[layout.INDEX]
         names = sorted(set(old.names) | set(ds.row_names[new_rows].tolist()))
         new_names = sorted(set(names) - set(old.names))
         lookup = {nm: i for i, nm in enumerate(names)}
-        n_old, n_new = len(old), len(old) + len(new_rows)
+        n_new = n_old + len(new_rows)
+        hashes = ds.content_hashes(new_rows, workers=workers) if len(new_rows) else str_array([])
         if len(new_rows):
-            hashes = ds.content_hashes(new_rows, workers=workers)
-            cols = {
-                "image_id": ds.image_ids[new_rows], "path": ds.paths[new_rows],
-                "identity": ds.identities[new_rows] if ds.identities is not None else _str_array([""] * len(new_rows)),
-                "size": ds.sizes[new_rows], "mtime_ns": ds.mtimes_ns[new_rows], "content_hash": hashes,
-            }
-            for name, values in cols.items():
-                g[name].resize((n_new,))
-                g[name][n_old:n_new] = values
-            g["label"].resize((n_new,))
+            # Rows past n_images are invisible to readers; the marker tells verify an append is under way.
+            root.attrs.update({"appending": n_new})
+            for name, values in self._columns(ds, new_rows, hashes).items():
+                arr = _codec.writable(self._index_array(g, name))
+                arr.resize((n_new,))
+                arr[n_old:n_new] = values
         all_names = np.concatenate([old.row_names, ds.row_names[new_rows]]) if len(new_rows) else old.row_names
         labels = np.fromiter((lookup[x] for x in all_names.tolist()), dtype=np.int32, count=n_new)
-        if new_names or len(new_rows):
-            g["label"][:] = labels
-        # Refresh stat data of untouched-content rows so the cheap check stays cheap next time.
+        if new_names:
+            self._swap_labels(g, labels, names)
+        elif len(new_rows):
+            arr = _codec.writable(self._index_array(g, "label"))
+            arr.resize((n_new,))
+            arr[n_old:n_new] = labels[n_old:]
+        # Refresh stat data of unchanged-content rows so the cheap check stays cheap next time.
         if len(touched):
-            g["mtime_ns"].set_orthogonal_selection(in_store[touched], ds.mtimes_ns[touched])
-            g["size"].set_orthogonal_selection(in_store[touched], ds.sizes[touched])
-        g.attrs.update({"names": names})
+            _codec.writable(g["mtime_ns"]).set_orthogonal_selection(in_store[touched], ds.mtimes_ns[touched])
+            _codec.writable(g["size"]).set_orthogonal_selection(in_store[touched], ds.sizes[touched])
+        g.attrs.update(self._index_attrs(ds, names))
+        if len(new_rows):
+            write_dataset_covariates(self, ds, new_rows, n_old=n_old, plan=covariate_plan)
         all_ids = np.concatenate([old.image_ids, ds.image_ids[new_rows]]) if len(new_rows) else old.image_ids
         all_hashes = np.concatenate([old.content_hashes, hashes]) if len(new_rows) else old.content_hashes
+        all_paths = np.concatenate([old.paths, ds.paths[new_rows]]) if len(new_rows) else old.paths
+        all_ident = None
+        if old.identities is not None:
+            all_ident = np.concatenate([old.identities, ds.identities[new_rows]]) if len(new_rows) else old.identities
         order = np.argsort(all_ids)
         root.attrs.update({
             "n_images": n_new,
             "data_root": str(ds.root),
             "dataset_fingerprint": _dataset_fingerprint(all_ids[order], all_hashes[order]),
+            "index_fingerprint": _index_fingerprint(all_ids, all_paths, all_names, all_ident, all_hashes),
+            "appending": None,
             "updated": _now(),
         })
-        return SyncReport(added=len(new_rows), total=n_new, missing=missing, new_names=new_names)
+        return SyncReport(added=len(new_rows), total=n_new, missing=missing, new_names=new_names,
+                          skipped=list(getattr(ds, "skipped", ())), rehashed=len(touched))
+
+    def _swap_labels(self, g, labels: np.ndarray, names: list[str]) -> None:
+        """Replace the label array (and with it the names list) in one rename.
+
+        New names re-sort the names list, so every row's label changes. The new labels are
+        written whole beside the old ones, with the new names in their attrs, then swapped in by
+        renaming directories; readers take the names from the label array's attrs, so labels
+        and names always change together. ``_recover_label_swap`` finishes or undoes a swap cut
+        short by a crash.
+        """
+        base = self.path / layout.INDEX
+        arr = _codec.create_array(g, _LABEL_NEXT, shape=(len(labels),), dtype="int32", chunks=g["label"].chunks,
+                                  overwrite=True)
+        arr[:] = labels
+        arr.attrs["names"] = names
+        os.rename(base / "label", base / _LABEL_OLD)
+        os.rename(base / _LABEL_NEXT, base / "label")  # the commit
+        shutil.rmtree(base / _LABEL_OLD, ignore_errors=True)
+
+    def _recover_label_swap(self) -> None:
+        base = self.path / layout.INDEX
+        if not base.exists():
+            return
+        if not (base / "label").exists() and (base / _LABEL_OLD).exists():
+            os.rename(base / _LABEL_OLD, base / "label")  # cut between the two renames: undo
+        shutil.rmtree(base / _LABEL_OLD, ignore_errors=True)
+        shutil.rmtree(base / _LABEL_NEXT, ignore_errors=True)
 
     # ------------------------------------------------------------------ models
     @property
@@ -317,16 +518,27 @@ class Store:
             g = self._group(layout.MODELS)
         except KeyError:
             return []
-        return sorted(g.group_keys())
+        return sorted(k for k in g.group_keys() if not k.startswith("."))
 
     def _model_group(self, model: str):
         try:
             return self._group(layout.model_path(model))
         except KeyError:
-            raise ModelNotFoundError(
-                f"model {model!r} is not in the store {self.path}; stored: {', '.join(self.models) or 'none'}. "
-                f"Build it with `facestore build --store {self.path} --model {model} --data DATA`"
-            ) from None
+            raise ModelNotFoundError(self._unknown_model_message(model)) from None
+
+    def _unknown_model_message(self, model: str) -> str:
+        stored = self.models
+        close = difflib.get_close_matches(model, stored, n=3, cutoff=0.6)
+        msg = f"model {model!r} is not in the store {self.path}; stored: {', '.join(stored) or 'none'}."
+        if close:
+            msg += f" Did you mean {' or '.join(repr(c) for c in close)}?"
+        from facestore.models import list_models
+
+        if model in list_models():
+            msg += f" Build it with `facestore build --store {self.path} --model {model} --data DATA`."
+        elif not close:
+            msg += " `facestore models` lists the models that can be built; `facestore import` stores vectors computed elsewhere."
+        return msg
 
     def model_attrs(self, model: str) -> dict[str, Any]:
         return dict(self._model_group(model).attrs)
@@ -342,10 +554,25 @@ class Store:
         attrs = self.model_attrs(model)
         return attrs.get("default_view") or next(iter(attrs["views"]))
 
+    def _status_array(self, model: str, g=None):
+        g = self._model_group(model) if g is None else g
+        try:
+            arr = g[layout.STATUS]
+        except KeyError:
+            raise StoreCorruptError(f"model {model!r}: its status array is missing; {_verify_hint(self.path)}") from None
+        if _codec.data_type(arr) != "uint8":
+            raise StoreCorruptError(f"model {model!r}: status array is {_codec.data_type(arr)}, the format specifies "
+                                    f"uint8; {_verify_hint(self.path)}")
+        return arr
+
     def status(self, model: str) -> np.ndarray:
-        """Per-row status codes (``layout.STATUS_CODES``), padded with pending up to ``n``."""
-        g = self._model_group(model)
-        st = np.asarray(g[layout.STATUS][:]).astype(np.uint8)
+        """Per-row status codes (``layout.STATUS_CODES``), padded with pending up to ``n``.
+
+        A status chunk that was never written (or was deleted) reads as pending: those rows are
+        recomputed by the next build, never read as valid.
+        """
+        arr = self._status_array(model)
+        st = _codec.read(arr, arr.shape[0], what=f"model {model!r} status").astype(np.uint8)
         if len(st) < self.n:
             st = np.concatenate([st, np.zeros(self.n - len(st), np.uint8)])
         return st[: self.n]
@@ -357,9 +584,47 @@ class Store:
         rows = np.nonzero(st >= 2)[0]
         if not len(rows):
             return []
-        details = as_str(g[layout.STATUS_DETAIL].get_orthogonal_selection(rows))
+        detail = g[layout.STATUS_DETAIL]
+        details = as_str(_codec.read(detail, detail.shape[0], what=f"model {model!r} status_detail"))[rows]
         ids = self.index.image_ids
         return [(ids[r], layout.STATUS_CODES.get(int(st[r]), str(st[r])), d) for r, d in zip(rows, details)]
+
+    def is_complete(self, model: str) -> bool:
+        """Whether the last build or import of ``model`` finished and no row is pending."""
+        return self.incomplete_reason(model) is None
+
+    def incomplete_reason(self, model: str, *, rows: np.ndarray | None = None, status: np.ndarray | None = None) -> str | None:
+        """Why ``model`` (or its ``rows``) cannot be used as complete, or None when it can."""
+        attrs = self.model_attrs(model)
+        st = self.status(model) if status is None else status
+        sel = st if rows is None else st[np.asarray(rows, dtype=np.int64)]
+        pending = int((sel == layout.PENDING).sum())
+        if pending:
+            if rows is None:
+                return f"{pending} of {len(sel)} rows of model {model!r} are not written yet (pending)"
+            return f"{pending} of the {len(sel)} rows asked for are not written yet in model {model!r} (pending)"
+        if not self.legacy and attrs.get("complete") is False:
+            return (f"the last {'import' if attrs.get('kind') == 'imported' else 'build'} of model {model!r} did not "
+                    "finish (the group is not marked complete; it may still be running)")
+        return None
+
+    def fix_command(self, model: str) -> str:
+        """The command that finishes ``model``'s group: the build to resume, or the import to rerun."""
+        attrs = self.model_attrs(model)
+        if attrs.get("kind") == "imported":
+            source = attrs.get("spec", {}).get("source") or "VECTORS.npy"
+            return f"`facestore import {self.path} --model {model} --embeddings {source} --ids IDS` (it resumes)"
+        data = self.data_root or "DATA"
+        return f"`facestore build --data {data} --store {self.path} --model {model}` (it resumes)"
+
+    def require_complete(self, model: str, *, rows: np.ndarray | None = None, status: np.ndarray | None = None) -> None:
+        """Raise :class:`IncompleteModelError` unless ``model`` (or its ``rows``) is complete."""
+        reason = self.incomplete_reason(model, rows=rows, status=status)
+        if reason is not None:
+            raise IncompleteModelError(
+                f"{reason}. Finish it with {self.fix_command(model)}, or pass allow_incomplete=True "
+                "(--allow-incomplete) to use only the rows written so far, knowingly (results record it)"
+            )
 
     def summary(self, model: str) -> dict[str, Any]:
         """Counts by status, views and dims, dtype and spec of one model group."""
@@ -369,37 +634,63 @@ class Store:
         return {
             "model": model, "views": attrs["views"], "dtype": attrs["dtype"], "chunk_rows": attrs["chunk_rows"],
             "kind": attrs.get("kind", "extracted"), "rows": int(len(st)), "status": counts,
-            "complete": counts.get("pending", 0) == 0, "text_template_sets": self.text_template_sets(model),
-            "spec": attrs["spec"],
+            "complete": self.incomplete_reason(model, status=st) is None,
+            "text_template_sets": self.text_template_sets(model), "spec": attrs["spec"],
         }
+
+    def _view_array(self, model: str, view: str, g, attrs):
+        views = dict(attrs["views"])
+        if view not in views:
+            close = difflib.get_close_matches(view, list(views), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ViewNotFoundError(f"model {model!r} has no view {view!r}; its views: {', '.join(views)}.{hint}")
+        try:
+            arr = g[view]
+        except KeyError:
+            raise StoreCorruptError(f"model {model!r}: view {view!r} is recorded but its array is missing; "
+                                    f"{_verify_hint(self.path)}") from None
+        if _codec.data_type(arr) != attrs["dtype"] or arr.ndim != 2 or arr.shape[1] != int(views[view]):
+            raise StoreCorruptError(
+                f"model {model!r} view {view!r}: the array is {arr.shape} {_codec.data_type(arr)}, the group records "
+                f"dim {views[view]} {attrs['dtype']} (edited metadata?); {_verify_hint(self.path)}")
+        return arr
 
     def load(self, model: str, view: str | None = None, ids=None, *, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings of the rows written ``ok``, as ``(X, image_ids)``.
 
         ``ids`` selects and orders rows by image ID (IDs whose row is not ``ok`` are dropped, so
-        compare the returned IDs). ``dtype=None`` keeps the stored dtype (fastest).
+        compare the returned IDs). ``dtype=None`` keeps the stored dtype (fastest). Every chunk
+        read is checked (size, crc32c): damage raises :class:`StoreCorruptError` naming the chunk.
         """
         g = self._model_group(model)
-        views = dict(g.attrs["views"])
+        attrs = dict(g.attrs)
         view = view or self.default_view(model)
-        if view not in views:
-            raise KeyError(f"model {model!r} has no view {view!r}; views: {', '.join(views)}")
+        arr = self._view_array(model, view, g, attrs)
         st = self.status(model)
         rows = np.nonzero(st == layout.OK)[0] if ids is None else self.rows_of(ids)
         if ids is not None:
             rows = rows[st[rows] == layout.OK]
-        X = read_rows(g[view], rows, path=self.path / layout.model_path(model) / view, out_dtype=dtype)
+        if len(rows) and rows.max() >= arr.shape[0]:
+            raise StoreCorruptError(f"model {model!r} view {view!r} has {arr.shape[0]} rows but rows up to "
+                                    f"{int(rows.max())} are marked ok; {_verify_hint(self.path)}")
+        X = read_rows(arr, rows, path=self.path / layout.model_path(model) / view, out_dtype=dtype,
+                      what=f"model {model!r} view {view!r}")
         return X, self.index.image_ids[rows]
 
     def model_writer(self, model: str, *, spec: dict[str, Any], views: dict[str, int], dtype: str = "float16",
                      chunk_rows: int = layout.DEFAULT_CHUNK_ROWS, default_view: str | None = None,
-                     kind: str = "extracted"):
+                     kind: str = "extracted") -> ModelWriter:
         """Create (or reopen and validate) the group of ``model`` for writing; see :class:`ModelWriter`."""
-        from facestore.store.writer import ModelWriter
-
         self._require_writable()
         return ModelWriter.open(self, layout.check_model_name(model), spec=spec, views=views, dtype=dtype,
                                 chunk_rows=chunk_rows, default_view=default_view, kind=kind)
+
+    def delete_model(self, model: str) -> None:
+        """Remove the group of ``model`` (under its lock)."""
+        self._require_writable()
+        self._model_group(model)
+        with self.lock(model, owner=f"delete {model}"):
+            shutil.rmtree(self.path / layout.model_path(model))
 
     # ------------------------------------------------------------------ text embeddings
     def write_text_embeddings(self, model: str, *, template_set: str, names, templates, embeddings,
@@ -411,7 +702,8 @@ class Store:
             raise ValueError(f"text embeddings have shape {emb.shape}, expected ({len(names)}, {len(templates)}, D)")
         g = self._group(f"{layout.model_path(layout.check_model_name(model))}/{layout.TEXT}", create=True)
         sub = g.require_group(layout.check_model_name(template_set))
-        arr = sub.create_array("embeddings", shape=emb.shape, dtype="float32", chunks=emb.shape, overwrite=True)
+        _codec.check_no_symlink(self.path, self.path / sub.path)
+        arr = _codec.create_array(sub, "embeddings", shape=emb.shape, dtype="float32", chunks=emb.shape, overwrite=True)
         arr[:] = emb
         sub.attrs.update({"names": list(names), "templates": list(templates), "logit_scale": float(logit_scale),
                           "logit_bias": None if logit_bias is None else float(logit_bias), "spec": spec,
@@ -433,43 +725,92 @@ class Store:
                 f"run `facestore text {self.path} --model {model}`"
             ) from None
         a = dict(sub.attrs)
+        try:
+            arr = sub["embeddings"]
+        except KeyError:
+            raise StoreCorruptError(f"text embeddings {template_set!r} of {model!r}: the array is missing; "
+                                    f"rerun `facestore text {self.path} --model {model}`") from None
+        emb = _codec.read(arr, arr.shape[0], what=f"text embeddings {template_set!r} of {model!r}",
+                          base=self.path / arr.path, require_chunks=not self.legacy)
         return TextEmbeddings(names=list(a["names"]), templates=list(a["templates"]),
-                              embeddings=np.asarray(sub["embeddings"][:], dtype=np.float32),
+                              embeddings=np.asarray(emb, dtype=np.float32),
                               logit_scale=float(a["logit_scale"]), logit_bias=a.get("logit_bias"), spec=a["spec"])
 
     # ------------------------------------------------------------------ splits and identities
     def _save_rows(self, kind: str, name: str, values: np.ndarray, attrs: dict[str, Any], dtype) -> None:
+        """Save a per-row array atomically: written whole into a hidden sibling, then renamed into place.
+
+        The completion marker (``complete``) and the values' digest are written last, before the
+        rename; a reader never sees a half-saved group under its name, and a group without the
+        marker (a crash of an older writer, a hand edit) is refused, not used.
+        """
         self._require_writable()
         layout.check_model_name(name)
         if len(values) != self.n:
             raise ValueError(f"{kind} {name!r} has {len(values)} rows; the store has {self.n}")
-        g = self._group(kind, create=True).require_group(name)
-        arr = g.create_array("values", shape=(len(values),), dtype=dtype,
-                             chunks=(min(layout.INDEX_CHUNK_ROWS, max(len(values), 1)),), overwrite=True)
+        parent = self._group(kind, create=True)
+        base = self.path / kind
+        _codec.check_no_symlink(self.path, base)
+        _clean_leftovers(base, name)
+        tmp_name = f".tmp-{name}-{uuid.uuid4().hex[:12]}"
+        g = parent.create_group(tmp_name)
+        arr = _codec.create_array(g, "values", shape=(len(values),), dtype=dtype,
+                                  chunks=(layout.index_chunk_rows(len(values)),))
         arr[:] = values
-        g.attrs.update({**attrs, "n_rows": int(len(values)), "created": _now()})
+        g.attrs.update({**attrs, "n_rows": int(len(values)), "created": _now(),
+                        "values_sha256": _values_digest(values), "complete": True})
+        final = base / name
+        if final.exists():
+            old = base / f".old-{name}-{uuid.uuid4().hex[:12]}"
+            os.rename(final, old)
+            os.rename(base / tmp_name, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(base / tmp_name, final)
 
     def _load_rows(self, kind: str, name: str, fill) -> tuple[np.ndarray, dict[str, Any]]:
+        what = kind[:-1] if kind.endswith("s") else kind
         try:
             g = self._group(f"{kind}/{name}")
         except KeyError:
             have = self._list(kind)
-            raise KeyError(f"no {kind[:-1] if kind.endswith('s') else kind} {name!r} in {self.path}; have: {', '.join(have) or 'none'}") from None
-        values = np.asarray(g["values"][:])
+            raise KeyError(f"no {what} {name!r} in {self.path}; have: {', '.join(have) or 'none'}") from None
+        attrs = dict(g.attrs)
+        if not self.legacy and attrs.get("complete") is not True:
+            raise StoreCorruptError(
+                f"{what} {name!r} in {self.path} was not saved completely (no completion marker: its save was "
+                f"interrupted or it was edited by hand); make it again (saving it rewrites it) or delete "
+                f"{self.path / kind / name}")
+        try:
+            arr = g["values"]
+        except KeyError:
+            raise StoreCorruptError(f"{what} {name!r} in {self.path} has no values array; make it again") from None
+        values = _codec.read(arr, arr.shape[0], what=f"{what} {name!r}", base=self.path / arr.path,
+                             require_chunks=not self.legacy)
         if values.dtype.kind not in "iuf":
             values = as_str(values)
+        n_rows = attrs.get("n_rows")
+        if n_rows is not None and len(values) != int(n_rows):
+            raise StoreCorruptError(f"{what} {name!r} has {len(values)} rows but records n_rows={n_rows}; make it again")
+        digest = attrs.get("values_sha256")
+        if digest is not None and _values_digest(values) != digest:
+            raise StoreCorruptError(f"{what} {name!r}: its values do not match their recorded digest (edited or "
+                                    f"damaged); make it again")
+        if len(values) > self.n:
+            raise StoreCorruptError(f"{what} {name!r} has {len(values)} rows, more than the index's {self.n}; "
+                                    f"{_verify_hint(self.path)}")
         if len(values) < self.n:  # rows appended after it was made are outside it
             values = np.concatenate([values, np.full(self.n - len(values), fill, dtype=values.dtype)])
-        return values, dict(g.attrs)
+        return values, attrs
 
     def _list(self, kind: str) -> list[str]:
         try:
-            return sorted(self._group(kind).group_keys())
+            return sorted(k for k in self._group(kind).group_keys() if not k.startswith("."))
         except KeyError:
             return []
 
     def save_split(self, name: str, assignment: np.ndarray, attrs: dict[str, Any]) -> None:
-        """Save a split: ``assignment`` per row, 0 train, 1 val, 2 test, -1 not in the split."""
+        """Save a split: ``assignment`` per row, 0 train, 1 val, 2 test, -1 not in the split (atomically)."""
         a = np.asarray(assignment, dtype=np.int8)
         if not np.isin(a, (-1, 0, 1, 2)).all():
             raise ValueError("split assignment values must be -1 (out), 0 (train), 1 (val) or 2 (test)")
@@ -485,7 +826,7 @@ class Store:
 
     def save_identities(self, name: str, identities: np.ndarray, attrs: dict[str, Any]) -> None:
         """Save derived identities (e.g. pseudo-identities from face-embedding clusters), one per row."""
-        self._save_rows(layout.IDENTITIES, name, _str_array(np.asarray(identities).astype(str)), attrs, str)
+        self._save_rows(layout.IDENTITIES, name, str_array(np.asarray(identities).astype(str)), attrs, str)
 
     def load_identities(self, name: str = "identity") -> tuple[np.ndarray, dict[str, Any]]:
         """``"identity"`` is the dataset's own; other names are derived sets saved with :meth:`save_identities`."""
@@ -501,10 +842,39 @@ class Store:
         own = ["identity"] if self.n and self.index.identities is not None else []
         return own + self._list(layout.IDENTITIES)
 
+    # ------------------------------------------------------------------ covariates
+    def add_covariate(self, name: str, values, *, attrs: dict[str, Any] | None = None) -> None:
+        """Store a per-image covariate (strings or numbers, one per row, in index order) with its ``attrs``."""
+        from facestore.store.covariates import save_covariate
+
+        save_covariate(self, name, values, attrs=attrs or {})
+        self._index = None
+
+    @property
+    def covariate_names(self) -> list[str]:
+        from facestore.store.covariates import covariate_names
+
+        return covariate_names(self)
+
+    def covariate_attrs(self, name: str) -> dict[str, Any]:
+        from facestore.store.covariates import covariate_attrs
+
+        return covariate_attrs(self, name)
+
     def info(self) -> dict[str, Any]:
         """A JSON-able description of the whole store (``facestore info``)."""
         idx = self.index
         counts = np.bincount(idx.labels, minlength=len(idx.names)) if len(idx) else np.zeros(0, int)
+        iattrs: dict[str, Any] = {}
+        if self.n:
+            iattrs = dict(self._index_group().attrs)
+        covs = {}
+        for c, v in idx.covariates.items():
+            kind = "numeric" if v.dtype.kind in "iuf" else "string"
+            covs[c] = {"kind": kind, **self.covariate_attrs(c)}
+            if kind == "string":
+                uniq, cnt = np.unique(v, return_counts=True)
+                covs[c]["values"] = dict(zip(uniq.tolist()[:20], cnt.tolist()[:20]))
         return {
             "path": str(self.path), "attrs": self.attrs, "n_images": self.n, "n_names": len(idx.names),
             "n_identities": int(len(np.unique(idx.identities))) if idx.identities is not None else None,
@@ -512,7 +882,33 @@ class Store:
                                 "max": int(counts.max()) if len(counts) else 0},
             "models": {m: {k: v for k, v in self.summary(m).items() if k != "spec"} for m in self.models},
             "splits": self.splits, "identity_sources": self.identity_sources,
+            "covariates": covs,
+            "skipped": {"count": int(iattrs.get("n_skipped", 0)), "entries": iattrs.get("skipped", [])},
+            "follow_symlinks": bool(iattrs.get("follow_symlinks", False)),
         }
+
+
+def _clean_leftovers(base: Path, name: str) -> None:
+    """Remove what an interrupted atomic save of ``name`` left behind (old copies; temporaries over an hour old)."""
+    try:
+        entries = list(os.scandir(base))
+    except FileNotFoundError:
+        return
+    for e in entries:
+        stale_tmp = e.name.startswith(f".tmp-{name}-") and time.time() - e.stat(follow_symlinks=False).st_mtime > 3600
+        if e.name.startswith(f".old-{name}-") or stale_tmp:
+            shutil.rmtree(e.path, ignore_errors=True)
+
+
+def _values_digest(values: np.ndarray) -> str:
+    v = np.asarray(values)
+    h = hashlib.sha256()
+    if v.dtype.kind in "iufb":
+        h.update(str(v.dtype).encode())
+        h.update(np.ascontiguousarray(v).tobytes())
+    else:
+        h.update("\0".join(as_str(v).tolist()).encode())
+    return h.hexdigest()
 
 
 def _dataset_fingerprint(image_ids: np.ndarray, hashes: np.ndarray) -> str:
@@ -525,78 +921,31 @@ def _dataset_fingerprint(image_ids: np.ndarray, hashes: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def read_rows(arr: zarr.Array, rows: np.ndarray, *, path: Path, out_dtype=None) -> np.ndarray:
-    """Gather rows of a 2-D row-chunked array, as ``out_dtype`` (default: the stored dtype).
+def _index_fingerprint(image_ids, paths, row_names, identities, hashes) -> str:
+    """sha256 over every row's (image ID, path, name, identity, content hash), rows sorted by image ID.
 
-    Uncompressed little-endian arrays (the default) are read straight from their chunk files by
-    several threads: a chunk wholly inside a contiguous request is read into the output in place
-    (no intermediate copy), and a dtype conversion happens per chunk in those threads. A chunk
-    file that is missing while its rows are wanted raises :class:`StoreFormatError` instead of
-    silently reading the fill value.
+    Recorded at every sync and recomputed by ``verify``: it ties the names list and the labels to
+    the dataset they came from (two names swapped, a label edited, rows cut off all change it).
     """
-    rows = np.asarray(rows, dtype=np.int64)
-    n_rows, dim = arr.shape
-    chunk_rows = arr.chunks[0]
-    dtype = np.dtype(arr.dtype)
-    out_dtype = dtype if out_dtype is None else np.dtype(out_dtype)
-    out = np.empty((len(rows), dim), dtype=out_dtype)
-    if not len(rows):
-        return out
-    codecs = [c.to_dict()["name"] for c in arr.metadata.codecs]
-    fast = codecs == ["bytes"] and arr.chunks[1] == dim and dtype.byteorder in ("<", "=", "|")
-    chunk_ids = rows // chunk_rows
-    contiguous = bool(np.all(np.diff(rows) == 1))
-    # Positions of ``rows`` grouped by chunk, found once (not one scan of ``rows`` per chunk).
-    order = np.argsort(chunk_ids, kind="stable")
-    uniq, starts = np.unique(chunk_ids[order], return_index=True)
-    bounds = dict(zip(uniq.tolist(), zip(starts.tolist(), [*starts[1:].tolist(), len(rows)])))
-
-    def one(c: int) -> None:
-        f = path / "c" / str(c) / "0"
-        if not f.exists():
-            raise StoreFormatError(
-                f"chunk file {f} is missing but its rows are marked written; the store is damaged. "
-                "Run `facestore verify` and rebuild the model (its status rows for that chunk must be reset)"
-            )
-        first = c * chunk_rows
-        if contiguous:
-            lo, hi = max(int(rows[0]), first), min(int(rows[-1]) + 1, first + chunk_rows)
-            dst = out[lo - rows[0]:hi - rows[0]]
-            if fast and out_dtype == dtype:
-                with open(f, "rb") as fh:
-                    fh.seek((lo - first) * dim * dtype.itemsize)
-                    if fh.readinto(memoryview(dst).cast("B")) != dst.nbytes:
-                        raise StoreFormatError(f"chunk file {f} is shorter than its array metadata says")
-                return
-            block = np.fromfile(f, dtype=dtype).reshape(chunk_rows, dim) if fast else \
-                np.asarray(arr[first:min(first + chunk_rows, n_rows)])
-            dst[...] = block[lo - first:hi - first]
-            return
-        block = np.fromfile(f, dtype=dtype).reshape(chunk_rows, dim) if fast else \
-            np.asarray(arr[first:min(first + chunk_rows, n_rows)])
-        a, b = bounds[c]
-        sel = order[a:b]
-        out[sel] = block[rows[sel] - first]
-
-    if len(uniq) == 1:
-        one(int(uniq[0]))
-    else:
-        # Reads from the page cache are memory-bound: more threads than cores only add start-up cost.
-        with ThreadPoolExecutor(max_workers=min(8, len(uniq), max(2, os.cpu_count() or 2))) as pool:
-            list(pool.map(one, uniq.tolist()))
-    return out
+    ids = np.asarray(image_ids).astype(str)
+    order = np.argsort(ids, kind="stable")
+    ident = np.asarray(identities).astype(str) if identities is not None else np.full(len(ids), "")
+    cols = [ids, np.asarray(paths).astype(str), np.asarray(row_names).astype(str), ident, np.asarray(hashes).astype(str)]
+    lines = ["\0".join(parts) for parts in zip(*(c[order].tolist() for c in cols))]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def create_store(path: str | os.PathLike) -> Store:
-    """Create an empty store directory. Raises ``FileExistsError`` if a store is already there."""
+    """Create an empty store directory. Raises :class:`StoreExistsError` (a ``FileExistsError``)
+    if a store or another non-empty directory is already there."""
     path = Path(path)
     if (path / "zarr.json").exists():
-        raise FileExistsError(f"a store already exists at {path}; open it with open_store({str(path)!r}, mode='a')")
-    if path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"{path} exists and is not empty; pick a new directory for the store")
+        raise StoreExistsError(f"a store already exists at {path}; open it with open_store({str(path)!r}, mode='a')")
+    if path.exists() and any(p.name != layout.LOCKS for p in path.iterdir()):
+        raise StoreExistsError(f"{path} exists and is not empty; pick a new directory for the store")
     from facestore import __version__
 
-    root = zarr.open_group(str(path), mode="w")
+    root = zarr.open_group(str(path), mode="a")
     root.attrs.update({
         "encoding-type": layout.ENCODING_TYPE,
         "encoding-version": layout.ENCODING_VERSION,
@@ -607,10 +956,40 @@ def create_store(path: str | os.PathLike) -> Store:
     return Store(path, mode="a")
 
 
-def open_store(path: str | os.PathLike, mode: str = "r", *, create: bool = False) -> Store:
-    """Open a store: ``mode="r"`` read-only, ``"a"`` read/write; ``create=True`` creates it if absent."""
+def open_store(path: str | os.PathLike, mode: str = "r", *, create: bool = False, wait_s: float = 60.0) -> Store:
+    """Open a store: ``mode="r"`` read-only, ``"a"`` read/write; ``create=True`` creates it if absent.
+
+    Several processes may create the same store at once (builds of two models started
+    together): creation is serialised by a lock in the new directory, the others wait (at most
+    ``wait_s``) and open what the first created. A dead creator's lock is broken at once.
+    """
     if mode not in ("r", "a"):
         raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
-    if create and not (Path(path) / "zarr.json").exists():
-        return create_store(path)
+    path = Path(path)
+    if create and not (path / "zarr.json").exists():
+        if path.exists() and any(p.name != layout.LOCKS for p in path.iterdir()):
+            raise StoreExistsError(f"{path} exists, is not empty and is not a facestore store; "
+                                   "pass a new directory or an existing store")
+        path.mkdir(parents=True, exist_ok=True)
+        lock = StoreLock(path / layout.LOCKS / "create.lock", owner=f"store creation (pid {os.getpid()})")
+        lock.acquire(wait_s=wait_s)
+        try:
+            if not (path / "zarr.json").exists():
+                return create_store(path)
+        finally:
+            lock.release()
     return Store(path, mode=mode)
+
+
+def index_dataset(data, store: str | os.PathLike | Store, *, follow_symlinks: bool = False, rehash: bool = False,
+                  workers: int = 8, lock_wait_s: float = 600.0) -> SyncReport:
+    """Create the store (if absent) and write or append its index from ``data``, without any model.
+
+    What ``facestore index`` runs: a store whose embeddings are computed elsewhere can then be
+    filled with ``facestore import``.
+    """
+    from facestore.dataset import scan_dataset
+
+    ds = scan_dataset(data, follow_symlinks=follow_symlinks)
+    st = store if isinstance(store, Store) else open_store(store, mode="a", create=True)
+    return st.sync_index(ds, workers=workers, rehash=rehash, lock_wait_s=lock_wait_s)

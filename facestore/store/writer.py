@@ -6,19 +6,27 @@ file atomically, so a process killed at any moment leaves every chunk either com
 ``ok``/failure) or pending (status 0, the fill value): a half-written row never reads as valid.
 Resuming recomputes exactly the chunks that were in flight. Concurrent writers are safe as long
 as each owns whole chunks (the build takes a lock per model; distributed ranks split chunks).
+
+The group's ``complete`` attr is ``False`` from the moment a writer opens it with rows to write
+until a write leaves no pending row in the whole group (with several ranks, whichever commits
+last sees that), so readers can tell a finished build or import from one in progress or cut
+short. Every chunk carries a crc32c checksum (:mod:`facestore.store._codec`), and the writer
+refuses to write through a symbolic link inside the store.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from facestore.errors import SpecMismatchError, StoreError
-from facestore.store import layout
-from facestore.store.store import as_str
+from facestore.errors import SpecMismatchError, StoreCorruptError, StoreError
+from facestore.store import _codec, layout
+from facestore.store._codec import as_str
 
 #: Keys of a resolved spec whose change does not alter the stored vectors' meaning; a change is
 #: warned about and recorded, not refused.
@@ -55,6 +63,29 @@ class ModelWriter:
         self.dtype = np.dtype(a["dtype"])
         self.chunk_rows = int(a["chunk_rows"])
         self.n = int(group[layout.STATUS].shape[0])
+        self._dir = Path(store.path) / layout.model_path(model)
+        _codec.check_no_symlink(Path(store.path), self._dir)
+        self._arrays = {}
+        for name in [*self.views, layout.STATUS, layout.STATUS_DETAIL]:
+            try:
+                arr = group[name]
+            except KeyError:
+                raise StoreCorruptError(f"model {model!r}: array {name!r} is missing from its group; run "
+                                        f"`facestore verify {store.path}`") from None
+            _codec.check_no_symlink(Path(store.path), self._dir / name)
+            self._arrays[name] = _codec.writable(arr)
+        for v, dim in self.views.items():
+            arr = self._arrays[v]
+            if _codec.data_type(arr) != a["dtype"] or arr.shape != (self.n, int(dim)):
+                raise StoreCorruptError(
+                    f"model {model!r} view {v!r} is {arr.shape} {_codec.data_type(arr)}, the group records "
+                    f"({self.n}, {dim}) {a['dtype']} (edited metadata?); run `facestore verify {store.path}`")
+        # Chunks this writer has not seen committed yet; checked against the disk as writes land.
+        self._unfinished = set(self.pending_chunks())
+        if not self._unfinished and a.get("complete") is not True:
+            self._mark_complete()  # a crash between the last commit and the marker: finish it now
+        elif self._unfinished and a.get("complete") is not False:
+            group.attrs["complete"] = False
 
     @classmethod
     def open(cls, store, model: str, *, spec: dict[str, Any], views: dict[str, int], dtype: str,
@@ -94,19 +125,25 @@ class ModelWriter:
                 warnings.warn(f"model {model!r}: library versions differ from the first build ({'; '.join(soft)})",
                               RuntimeWarning, stacklevel=3)
             cur = g[layout.STATUS].shape[0]
+            if cur > n:
+                raise StoreCorruptError(f"model {model!r} has {cur} rows but the index {n}; the index was cut short "
+                                        f"(edited n_images?): run `facestore verify {store.path}`")
             if cur < n:
+                g.attrs["complete"] = False  # new images: the group is unfinished until they are written
                 for v in views:
                     g[v].resize((n, views[v]))
                 g[layout.STATUS].resize((n,))
                 g[layout.STATUS_DETAIL].resize((n,))
             return cls(store, model, g)
+        _codec.check_no_symlink(Path(store.path), Path(store.path) / layout.MODELS)
         g = models.create_group(model)
         for v, dim in views.items():
             layout.check_model_name(v)
-            g.create_array(v, shape=(n, dim), dtype=dtype, chunks=(chunk_rows, dim), compressors=None, fill_value=0)
-        g.create_array(layout.STATUS, shape=(n,), dtype="uint8", chunks=(chunk_rows,), fill_value=layout.PENDING)
-        g.create_array(layout.STATUS_DETAIL, shape=(n,), dtype=str, chunks=(chunk_rows,))
+            _codec.create_array(g, v, shape=(n, dim), dtype=dtype, chunks=(chunk_rows, dim), fill_value=0)
+        _codec.create_array(g, layout.STATUS, shape=(n,), dtype="uint8", chunks=(chunk_rows,), fill_value=layout.PENDING)
+        _codec.create_array(g, layout.STATUS_DETAIL, shape=(n,), dtype=str, chunks=(chunk_rows,))
         g.attrs.update({
+            "complete": False,
             "encoding-type": "facestore-model",
             "encoding-version": layout.ENCODING_VERSION,
             "spec": spec,
@@ -132,7 +169,8 @@ class ModelWriter:
         return start, min(start + self.chunk_rows, self.n)
 
     def status(self) -> np.ndarray:
-        return np.asarray(self.group[layout.STATUS][: self.n]).astype(np.uint8)
+        """Per-row status codes of the group (checked reads: damage raises, never reads as written)."""
+        return _codec.read(self._arrays[layout.STATUS], self.n, what=f"model {self.model!r} status").astype(np.uint8)
 
     def pending_chunks(self) -> list[int]:
         """Chunks holding at least one row not yet written (ok or failed)."""
@@ -144,9 +182,17 @@ class ModelWriter:
     def read_chunk(self, c: int) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
         """The stored views, status and details of chunk ``c`` (to merge new rows into it)."""
         start, stop = self.chunk_range(c)
-        emb = {v: np.asarray(self.group[v][start:stop]) for v in self.views}
-        st = np.asarray(self.group[layout.STATUS][start:stop]).astype(np.uint8)
-        details = as_str(self.group[layout.STATUS_DETAIL][start:stop]).tolist()
+        rows = np.arange(start, stop)
+        st = _codec.read_range(self._arrays[layout.STATUS], start, stop, what=f"model {self.model!r} status")
+        st = st.astype(np.uint8)
+        emb = {}
+        for v in self.views:
+            if (st == layout.PENDING).all():  # nothing committed: the chunk file may not exist yet
+                emb[v] = np.zeros((stop - start, self.views[v]), self.dtype)
+                continue
+            emb[v] = _codec.read_rows(self._arrays[v], rows, path=self._dir / v, what=f"model {self.model!r} view {v!r}")
+        details = as_str(_codec.read_range(self._arrays[layout.STATUS_DETAIL], start, stop,
+                                           what=f"model {self.model!r} status_detail")).tolist()
         return emb, st, details
 
     def write_chunk(self, c: int, embeddings: dict[str, np.ndarray], status: np.ndarray, details: list[str]) -> np.ndarray:
@@ -176,9 +222,33 @@ class ModelWriter:
                 status[r] = layout.STATUS_BY_REASON["nonfinite"]
                 details[r] = f"view {v!r} has non-finite values in {self.dtype}"
         not_ok = status != layout.OK
+        root = Path(self.store.path)
+        for name in [*self.views, layout.STATUS, layout.STATUS_DETAIL]:
+            _codec.check_no_symlink(root, _codec.chunk_file(self._dir / name, c, 2 if name in self.views else 1).parent)
         for v in self.views:
             cast[v][not_ok] = 0
-            self.group[v][start:stop] = cast[v]
-        self.group[layout.STATUS_DETAIL][start:stop] = np.asarray(details, dtype=object).astype(str)
-        self.group[layout.STATUS][start:stop] = status
+            self._arrays[v][start:stop] = cast[v]
+        self._arrays[layout.STATUS_DETAIL][start:stop] = np.asarray(details, dtype=object).astype(str)
+        self._arrays[layout.STATUS][start:stop] = status
+        self._unfinished.discard(c)
+        self._check_finished()
         return status
+
+    def _check_finished(self) -> None:
+        """Mark the group complete once no chunk anywhere is pending (other ranks' chunks included).
+
+        Each call re-reads only the first chunk still believed unfinished and stops at the first
+        one that is: one small read per write, each chunk confirmed once.
+        """
+        while self._unfinished:
+            c = min(self._unfinished)
+            start, stop = self.chunk_range(c)
+            st = _codec.read_range(self._arrays[layout.STATUS], start, stop, what=f"model {self.model!r} status")
+            if (st == layout.PENDING).any():
+                return
+            self._unfinished.discard(c)
+        self._mark_complete()
+
+    def _mark_complete(self) -> None:
+        self.group.attrs.update({"complete": True,
+                                 "completed": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})

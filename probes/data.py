@@ -27,6 +27,8 @@ class XY:
 
     ``X`` (n, D) float32; ``y`` (n,) int64 indices into ``names``; ``image_ids`` (n,);
     ``groups`` (n,) identities (None when the split is image level); ``rows`` (n,) store rows.
+    ``incomplete``: why the model's rows were not all usable when loaded with
+    ``allow_incomplete=True`` (None when they were); results record it.
     """
 
     X: np.ndarray
@@ -39,6 +41,7 @@ class XY:
     model: str
     view: str
     task: NameTask
+    incomplete: str | None = None
 
     def __len__(self) -> int:
         return int(self.y.size)
@@ -68,14 +71,26 @@ def load_xy(
     subset: str = "train",
     names: str | NameTask = "all",
     min_images: int = 0,
+    allow_incomplete: bool = False,
 ) -> XY:
     """Embeddings and name labels of ``subset`` of ``split`` for a name task.
 
-    Rows whose embedding is not ``ok`` for ``model`` (decode failures, no face) are dropped.
-    ``split`` is a :class:`~probes.splits.Split`, a saved split's name, or None for every row
-    (``subset`` must then be ``"all"``). ``names`` is a task spec (``all``, ``top30``, a file)
-    or a resolved :class:`~probes.names.NameTask`; ``min_images`` applies to a spec.
+    Rows whose embedding was recorded as failed for ``model`` (decode failures, no face) are
+    dropped. ``split`` is a :class:`~probes.splits.Split`, a saved split's name, or None for
+    every row (``subset`` must then be ``"all"``). ``names`` is a task spec (``all``, ``top30``,
+    a file) or a resolved :class:`~probes.names.NameTask`; ``min_images`` applies to a spec.
+
+    Partial or damaged data is refused, never fitted on: a row of the task still pending (a
+    build or import running, interrupted, or not yet run on appended images) or a model group
+    whose last build or import did not finish raises
+    :class:`~facestore.errors.IncompleteModelError` naming the command that finishes it;
+    ``allow_incomplete=True`` proceeds with the rows written so far and records why in
+    ``XY.incomplete``. Vectors that are not finite raise
+    :class:`~facestore.errors.NonFiniteError` (always); damaged chunks raise
+    :class:`~facestore.errors.StoreCorruptError` from the store's checked reads.
     """
+    from facestore.errors import NonFiniteError
+
     task = names if isinstance(names, NameTask) else resolve_names(store, names, min_images=min_images)
     if isinstance(split, str):
         split = load_split(store, split)
@@ -91,7 +106,19 @@ def load_xy(
     to_task[[name_pos[n] for n in task.names]] = np.arange(len(task.names))
     rows = rows[to_task[np.asarray(index.labels, dtype=np.int64)[rows]] >= 0]
     view = view or store.default_view(model)
+    status = store.status(model)
+    incomplete = store.incomplete_reason(model, rows=rows, status=status)
+    if incomplete is not None and not allow_incomplete:
+        store.require_complete(model, rows=rows, status=status)  # raises, with the command that fixes it
     X, got = store.load(model, view, ids=index.image_ids[rows])
+    finite = np.isfinite(X).all(axis=1)
+    if not finite.all():
+        bad = got[~finite]
+        raise NonFiniteError(
+            f"{len(bad)} rows of model {model!r} view {view!r} hold NaN or inf although marked ok (e.g. "
+            f"{', '.join(bad[:3].tolist())}): the store is damaged or was edited. Run `facestore verify {store.path} "
+            f"--repair`, then {store.fix_command(model)}"
+        )
     if got.size != rows.size:
         # store.load drops rows not written ok and keeps the order of the rest.
         rows = rows[np.isin(index.image_ids[rows], got)]
@@ -112,4 +139,5 @@ def load_xy(
         model=model,
         view=view,
         task=task,
+        incomplete=incomplete,
     )

@@ -202,19 +202,54 @@ def make_split(
         name=name, assignment=assignment, by=by, identity_source=source, seed=int(seed),
         val=float(val), test=float(test), hash=digest, warnings=tuple(warns),
     )
-    if save and name not in store.splits:
+    if save and not _saved_intact(store, name, assignment):
         store.save_split(name, assignment, {**split.info(), "counts": split.counts()})
     return split
 
 
+def _saved_intact(store, name: str, assignment: np.ndarray) -> bool:
+    """Whether ``name`` is saved completely, with exactly ``assignment`` (else it must be rewritten)."""
+    from facestore.errors import StoreError
+
+    if name not in store.splits:
+        return False
+    try:
+        saved, attrs = store.load_split(name)
+    except (StoreError, KeyError, ValueError):
+        return False  # half-saved (no completion marker), or damaged: rewrite it
+    return "hash" in attrs and np.array_equal(saved, assignment)
+
+
 def load_split(store, name: str) -> Split:
-    """Read a saved split back, re-checking its hash and its identity disjointness."""
+    """Read a saved split back, re-checking its hash and its identity disjointness.
+
+    A split saved without its attributes (an interrupted save, a hand edit) or whose values no
+    longer match their recorded hash is refused, never used: make it again. The identity
+    check runs on every load (against the identities the split was made from, or the store's
+    own identities when it records none and was not made at image level on purpose).
+    """
+    from facestore.errors import StoreCorruptError
+
     if name not in store.splits:
         raise SplitNotFoundError(
             f"no split {name!r} in {store.path}; have: {', '.join(store.splits) or 'none'} "
             "(make one with `probes split --store ...`)"
         )
-    assignment, attrs = store.load_split(name)
+    try:
+        assignment, attrs = store.load_split(name)
+    except StoreCorruptError as e:
+        raise SplitError(f"{e}. `probes split` (or make_split) with the same arguments rewrites it") from None
+    if "hash" not in attrs or "by" not in attrs:
+        raise SplitError(
+            f"split {name!r} in {store.path} has no attributes (by, hash): it was not saved completely and cannot "
+            "be checked; make it again (`probes split` with the same arguments rewrites it)"
+        )
+    n_rows = int(attrs.get("n_rows", len(assignment)))
+    if _hash(store.index.image_ids[:n_rows], assignment[:n_rows]) != attrs["hash"]:
+        raise SplitError(
+            f"split {name!r}: its values do not match the hash recorded when it was made (edited or damaged); "
+            "make it again (`probes split` with the same arguments rewrites it)"
+        )
     digest = _hash(store.index.image_ids, assignment)
     warns = list(attrs.get("warnings", []))
     if digest != attrs.get("hash"):
@@ -224,6 +259,8 @@ def load_split(store, name: str) -> Split:
     if source is not None:
         groups = store.index.identities if source == "identity" else store.load_identities(source)[0]
         check_identity_disjoint(assignment, groups)
+    elif attrs["by"] != "image" and store.index.identities is not None:
+        check_identity_disjoint(assignment, store.index.identities)
     return Split(
         name=name, assignment=assignment, by=attrs.get("by", "identity"), identity_source=source,
         seed=int(attrs.get("seed", 0)), val=float(attrs.get("val", 0.1)), test=float(attrs.get("test", 0.2)),

@@ -282,26 +282,19 @@ def _resolve_device(device: str) -> str:
 def _open_or_create(store: Any, *, create: bool, wait_s: float = 60.0) -> Any:
     """Open the store for writing; with ``create``, create it when absent.
 
-    Two builds started together on a new store (two models at once) race to create it. The
-    directory is claimed with an atomic ``mkdir``: the winner creates the store, the others poll
-    until its root metadata appears and open it.
+    Two builds started together on a new store (two models at once) race to create it: the
+    store serialises creation with a lock (the others wait at most ``wait_s``, and a dead
+    creator's lock is broken at once) and every build then opens the same store.
     """
-    from facestore.store.store import Store, create_store, open_store
+    from facestore.errors import StoreExistsError
+    from facestore.store.store import Store, open_store
 
     if isinstance(store, Store):
         return store
-    path = Path(store)
-    if create and not (path / "zarr.json").exists():
-        try:
-            path.mkdir(parents=True)
-        except FileExistsError:
-            if not _poll(lambda: (path / "zarr.json").exists(), timeout_s=wait_s):
-                if any(path.iterdir()):
-                    raise BuildError(f"{path} exists, is not empty and is not a facestore store; "
-                                     "pass a new directory or an existing store to --store") from None
-        else:
-            return create_store(path)
-    return open_store(path, mode="a")
+    try:
+        return open_store(Path(store), mode="a", create=create, wait_s=wait_s)
+    except StoreExistsError as e:
+        raise BuildError(f"{e}; pass a new directory or an existing store to --store") from None
 
 
 def _poll(condition: Callable[[], bool], *, timeout_s: float, interval_s: float = 0.05) -> bool:
@@ -315,19 +308,12 @@ def _poll(condition: Callable[[], bool], *, timeout_s: float, interval_s: float 
 
 
 def _sync_index(st: Any, dataset: Any, *, wait_s: float = 3600.0) -> Any:
-    """``st.sync_index`` that waits while another build holds the index lock (builds started together)."""
-    from facestore.errors import StoreLockedError
-    from facestore.store import layout
+    """``st.sync_index`` that waits (at most ``wait_s``) while another live build holds the index lock.
 
-    lock_file = st.path / layout.LOCKS / "index.lock"
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return st.sync_index(dataset)
-        except StoreLockedError:
-            # Another build is writing the index; once it is done this one finds it up to date.
-            if not _poll(lambda: not lock_file.exists(), timeout_s=max(0.0, deadline - time.monotonic())):
-                raise
+    Every attempt applies the lock's stale detection (dead pid, reused pid, old heartbeat), so a
+    holder that died is noticed at once instead of after the whole wait.
+    """
+    return st.sync_index(dataset, lock_wait_s=wait_s)
 
 
 def _plan_model(run: _ModelRun, store: Any, chunk_owned: Callable[[int], bool]) -> None:

@@ -661,8 +661,10 @@ def _recommendations(task_groups, best_by_task, paired, ranked, controls_rows, r
                                  experiments=exps, store_has_identities=flag))
     single = all(len(rs) == 1 for groups in task_groups.values() for rs in groups.values())
     if ranked and single:
-        recs.append(_rec("seeds", "Every experiment ran on one split: repeat them with `--seeds 5` to see the "
-                         "spread and to choose a best on seed means.", n_experiments=len(ranked)))
+        text = ("Every experiment ran on one split: repeat them with `--seeds 5` to see the spread and to choose a "
+                "best on seed means." if len(ranked) > 1 else
+                "This experiment ran on one split: repeat it with `--seeds 5` to see the spread over splits.")
+        recs.append(_rec("seeds", text, n_experiments=len(ranked)))
     return recs
 
 

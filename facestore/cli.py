@@ -1,35 +1,102 @@
 """The ``facestore`` command line: a thin click layer, one library function per command.
 
 Heavy libraries (torch, transformers, zarr) are imported inside the commands, so that
-``facestore --help`` is instant. Errors of :mod:`facestore.errors` print as one line
-(``Error: ...``) with exit code 1 (2 when the command was given something it cannot use:
-an unknown model, an unusable dataset or option), never as a traceback.
+``facestore --help`` is instant. Every user error prints as one line (``Error: ...``), never
+as a traceback, with one exit code per class of error (documented in docs/faq.md):
+
+====  ==================================================================================
+0     success
+1     the command ran and found problems: ``verify`` found some, ``build --strict`` recorded
+      failures, a build or import could not complete, a model group is unfinished
+2     usage or input error: a bad option or argument, an unknown model or view, an unusable
+      dataset or file, no store at the path, a spec that differs from the stored one
+3     the store is damaged (a checksum, size, dtype or length that disagrees with the format,
+      a missing member) or in a format this facestore cannot write: run ``facestore verify``
+      (or ``facestore upgrade``)
+4     the store is locked by another live process (after the bounded wait)
+5     permission denied, or another operating-system error (disk full, I/O error)
+====  ==================================================================================
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
 import click
 
-from facestore.errors import BuildError, DatasetError, FacestoreError, ModelNotFoundError
+from facestore.errors import (
+    BuildError,
+    DatasetChangedError,
+    DatasetError,
+    DeviceError,
+    FacestoreError,
+    IncompleteModelError,
+    ModelNotFoundError,
+    NonFiniteError,
+    SpecMismatchError,
+    StoreCorruptError,
+    StoreError,
+    StoreExistsError,
+    StoreFormatError,
+    StoreLockedError,
+    StoreNotFoundError,
+    ViewNotFoundError,
+    WeightsNotFoundError,
+)
 
-#: Errors that mean "the command was given something it cannot use": exit code 2, like click's usage errors.
-_USAGE_ERRORS = (ModelNotFoundError, DatasetError)
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_DAMAGED, EXIT_LOCKED, EXIT_OS = 0, 1, 2, 3, 4, 5
+
+#: Error classes -> exit code, most specific first (the first match wins).
+_EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], int], ...] = (
+    ((StoreCorruptError, NonFiniteError, StoreFormatError), EXIT_DAMAGED),
+    ((StoreLockedError,), EXIT_LOCKED),
+    ((ModelNotFoundError, DatasetError, DatasetChangedError, SpecMismatchError, StoreNotFoundError, StoreExistsError,
+      ViewNotFoundError, WeightsNotFoundError, DeviceError), EXIT_USAGE),
+    ((BuildError, IncompleteModelError, StoreError), EXIT_PROBLEMS),
+)
+
+
+def exit_code(error: BaseException) -> int:
+    """The exit code of ``facestore`` for ``error`` (see the module docstring)."""
+    for classes, code in _EXIT_CODES:
+        if isinstance(error, classes):
+            return code
+    if isinstance(error, OSError) and not isinstance(error, FacestoreError):
+        return EXIT_OS
+    return EXIT_PROBLEMS
+
+
+def _os_error_message(e: OSError) -> str:
+    """Say which path and which user, instead of a traceback."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry (containers): the uid still says who
+        user = "?"
+    where = f" {e.filename}" if e.filename else ""
+    if isinstance(e, PermissionError):
+        return (f"permission denied:{where} (running as user {user}, uid {os.getuid()}); ask its owner for access, "
+                "or work on a copy you own")
+    return f"{e.strerror or type(e).__name__}:{where} ({e})"
 
 
 class _Group(click.Group):
-    """A click group that turns facestore errors into a one-line message and an exit code."""
+    """A click group that turns user errors into a one-line message and an exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except FacestoreError as e:
             click.echo(f"Error: {e}", err=True)
-            ctx.exit(2 if isinstance(e, _USAGE_ERRORS) else 1)
+            ctx.exit(exit_code(e))
+        except OSError as e:  # permissions, a full disk, I/O errors: the path and the user, not a traceback
+            click.echo(f"Error: {_os_error_message(e)}", err=True)
+            ctx.exit(EXIT_OS)
 
 
 def _json(obj: Any) -> str:
@@ -126,7 +193,7 @@ def build(data, store_path, models, weights, batch_size, device, workers, dtype,
 
 @main.command()
 @click.argument("pattern", default="*")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print the matching specs as JSON")
 def models(pattern: str, as_json: bool) -> None:
     """List registry models matching PATTERN (shell wildcard): dims, views, source, licence."""
     from facestore.models import get_spec, list_models
@@ -148,14 +215,48 @@ def models(pattern: str, as_json: bool) -> None:
                    "use only.")
 
 
-# --------------------------------------------------------------------------- store inspection
+# --------------------------------------------------------------------------- store: index, inspection, integrity
+
+
+@main.command("index")
+@click.option("--data", required=True, type=click.Path(exists=True), help="image folder ROOT/<name>/... or manifest CSV")
+@click.option("--store", "store_path", required=True, type=click.Path(), help="store directory (created if absent)")
+@click.option("--follow-symlinks", is_flag=True,
+              help="index images whose real location (through a symbolic link) is outside the dataset root, and "
+                   "record them; without it they are skipped (folder) or refused (manifest)")
+@click.option("--rehash", is_flag=True,
+              help="fingerprint every stored image again, not only those whose size or mtime changed "
+                   "(catches edits that restored the modification time)")
+@click.option("--workers", default=8, show_default=True, type=click.IntRange(min=1), help="hashing threads")
+def index_(data, store_path, follow_symlinks, rehash, workers) -> None:
+    """Create a store with the dataset's index (or append new images), without building a model.
+
+    Fill it with `facestore import` (vectors computed elsewhere) or `facestore build`.
+    """
+    from facestore.store.store import index_dataset
+
+    _setup_logging(verbose=False)
+    rep = index_dataset(data, store_path, follow_symlinks=follow_symlinks, rehash=rehash, workers=workers)
+    msg = f"store {store_path}: {rep.total} images ({rep.added} new)"
+    if rep.new_names:
+        msg += f", {len(rep.new_names)} new name(s)"
+    if rep.rehashed:
+        msg += f"; {rep.rehashed} re-fingerprinted, unchanged"
+    click.echo(msg)
+    if rep.skipped:
+        click.echo(f"{len(rep.skipped)} entr{'y' if len(rep.skipped) == 1 else 'ies'} not indexed (recorded; "
+                   f"`facestore info {store_path} --json` lists them):")
+        for p, r in rep.skipped[:10]:
+            click.echo(f"  {p}: {r}")
+    if rep.missing:
+        click.echo(f"{len(rep.missing)} stored image(s) are no longer in the dataset (kept), e.g. {rep.missing[0]}")
 
 
 @main.command()
 @click.argument("store_path", metavar="STORE", type=click.Path())
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print the whole description as JSON")
 def info(store_path: str, as_json: bool) -> None:
-    """Describe a store: images, names, models with their status counts."""
+    """Describe a store: images, names, models with their status counts, covariates."""
     from facestore.store.store import open_store
 
     data = open_store(store_path, mode="r").info()
@@ -170,29 +271,104 @@ def info(store_path: str, as_json: bool) -> None:
     for m, s in data["models"].items():
         status = ", ".join(f"{k} {v}" for k, v in s["status"].items())
         views = ", ".join(f"{v} {d}" for v, d in s["views"].items())
-        state = "complete" if s["complete"] else "INCOMPLETE (resume with the same build command)"
+        again = "the same import command" if s["kind"] == "imported" else "the same build command"
+        state = "complete" if s["complete"] else f"INCOMPLETE (resume with {again})"
         click.echo(f"  {m} [{s['kind']}]: {views}; {s['dtype']}; {status}; {state}")
         if s["text_template_sets"]:
             click.echo(f"    text embeddings: {', '.join(s['text_template_sets'])}")
+    if data["covariates"]:
+        parts = []
+        for c, meta in data["covariates"].items():
+            src = f" from {meta['source']}" if meta.get("source") else ""
+            parts.append(f"{c} ({meta['kind']}{src})")
+        click.echo(f"covariates: {', '.join(parts)}")
     if data["splits"]:
         click.echo(f"splits: {', '.join(data['splits'])}")
     if data["identity_sources"]:
         click.echo(f"identity sources: {', '.join(data['identity_sources'])}")
+    if data["skipped"]["count"]:
+        click.echo(f"{data['skipped']['count']} dataset entries not indexed (not regular files, links outside the "
+                   "root, ...): `facestore info --json` lists them")
 
 
 @main.command()
 @click.argument("store_path", metavar="STORE", type=click.Path())
 @click.option("--data", type=click.Path(), default=None, help="dataset to check fingerprints against [default: the build's]")
-def verify(store_path: str, data: str | None) -> None:
-    """Check a store; exits non-zero and lists the problems if any."""
-    from facestore.store.verify import verify_store
+@click.option("--no-files", is_flag=True, help="skip re-fingerprinting the images (check the store only)")
+@click.option("--repair", is_flag=True,
+              help="reset the rows of damaged model chunks to pending, so that the next build (or the same import) "
+                   "recomputes exactly those chunks")
+@click.option("--json", "as_json", is_flag=True, help="print the problems as JSON")
+def verify(store_path: str, data: str | None, no_files: bool, repair: bool, as_json: bool) -> None:
+    """Check a store (index, models, splits, covariates, images); exits 1 and lists the problems if any."""
+    from facestore.store.verify import repair_store, verify_store
 
-    problems = verify_store(store_path, data=data)
+    problems = verify_store(store_path, data=data, check_files=not no_files)
+    if repair:
+        reset = repair_store(store_path)
+        for m, chunks in reset.items():
+            click.echo(f"reset {len(chunks)} chunk(s) of {m} to pending: {chunks[:20]}; now run the build (or import) "
+                       "again to recompute them", err=True)
+    if as_json:
+        click.echo(_json([{"kind": p.kind, "model": p.model, "message": p.message, "chunks": list(p.chunks)}
+                          for p in problems]))
     if problems:
-        for p in problems:
-            click.echo(f"  {p}", err=True)
-        raise BuildError(f"{len(problems)} problem(s) found in {store_path} (listed above)")
-    click.echo(f"{store_path}: OK")
+        if not as_json:
+            for p in problems:
+                click.echo(f"  {p}", err=True)
+        click.echo(f"Error: {len(problems)} problem(s) found in {store_path} (listed above)", err=True)
+        sys.exit(EXIT_PROBLEMS)
+    if not as_json:
+        click.echo(f"{store_path}: OK")
+
+
+@main.command()
+@click.argument("store_path", metavar="STORE", type=click.Path())
+def upgrade(store_path: str) -> None:
+    """Migrate a store of an older format to the current one (checksummed chunks), in place."""
+    from facestore.store.upgrade import upgrade_store
+
+    rep = upgrade_store(store_path)
+    if rep["arrays"] == 0 and rep["from"] == rep["to"]:
+        click.echo(f"{store_path}: already format {rep['to']}; nothing to do")
+        return
+    click.echo(f"{store_path}: upgraded from format {rep['from']} to {rep['to']} ({rep['arrays']} arrays rewritten); "
+               f"`facestore verify {store_path}` checks it")
+
+
+@main.command()
+@click.argument("store_path", metavar="STORE", type=click.Path())
+@click.option("--from", "from_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CSV with an image_id or path column; every other column becomes a covariate")
+@click.option("--name-gender", is_flag=True,
+              help="derive name_gender (f/m/unknown) and name_gender_probability from the names with the shipped "
+                   "lexicon (offline)")
+@click.option("--threshold", type=click.FloatRange(0, 0.5), default=None,
+              help="--name-gender: largest uncertainty 0.5 - |0.5 - p| still placed [default: the lexicon's, 0.1]")
+@click.option("--replace", is_flag=True, help="--from: overwrite covariates of the same name")
+def covariates(store_path, from_file, name_gender, threshold, replace) -> None:
+    """Add per-image covariates to a store: from a CSV, or the names' gender from a lexicon."""
+    from facestore.store.covariates import add_name_gender, covariates_from_csv
+    from facestore.store.store import open_store
+
+    if not from_file and not name_gender:
+        raise click.UsageError("give --from FILE.csv, --name-gender, or both")
+    if threshold is not None and not name_gender:
+        raise click.UsageError("--threshold applies to --name-gender")
+    store = open_store(store_path, mode="a")
+    if from_file:
+        rep = covariates_from_csv(store, from_file, replace=replace)
+        click.echo(f"added {', '.join(rep['covariates'])} for {rep['rows_matched']} images "
+                   f"({rep['rows_missing']} store images not in the file: missing values)")
+    if name_gender:
+        rep = add_name_gender(store, threshold=threshold)
+        c = rep["names"]
+        click.echo(f"added name_gender ({rep['source']} {rep['version']}, threshold {rep['threshold']}): names f {c['f']}, "
+                   f"m {c['m']}, unknown {c['unknown']}")
+        if rep["unknown"]:
+            shown = ", ".join(rep["unknown"][:20])
+            more = f" and {len(rep['unknown']) - 20} more" if len(rep["unknown"]) > 20 else ""
+            click.echo(f"unknown (not in the lexicon, or too ambiguous): {shown}{more}")
 
 
 @main.command("import")
@@ -201,11 +377,14 @@ def verify(store_path: str, data: str | None) -> None:
 @click.option("--embeddings", required=True, type=click.Path(exists=True, dir_okay=False), help="(N, D) .npy")
 @click.option("--ids", "ids_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="image IDs: .npy of strings or a text file, one per line, in the rows' order")
-@click.option("--view", default="embedding", show_default=True)
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float16", "float32"]))
+@click.option("--view", default="embedding", show_default=True, help="name of the view the vectors are stored as")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float16", "float32"]),
+              help="storage dtype")
 @click.option("--allow-missing", is_flag=True, help="record store images without a vector as not_imported")
-def import_(store_path, model, embeddings, ids_path, view, dtype, allow_missing) -> None:
-    """Store embeddings computed elsewhere, keyed by image ID."""
+@click.option("--ignore-unknown-ids", is_flag=True,
+              help="skip vectors whose image ID is not in the store (vectors for a superset of its images)")
+def import_(store_path, model, embeddings, ids_path, view, dtype, allow_missing, ignore_unknown_ids) -> None:
+    """Store embeddings computed elsewhere, keyed by image ID (resumable: rerun it after an interruption)."""
     import numpy as np
 
     from facestore.store.store import open_store
@@ -214,29 +393,30 @@ def import_(store_path, model, embeddings, ids_path, view, dtype, allow_missing)
     try:
         summary = import_embeddings(open_store(store_path, mode="a"), model,
                                     embeddings=np.load(embeddings, allow_pickle=False), ids=read_ids(ids_path),
-                                    view=view, dtype=dtype, allow_missing=allow_missing, source=str(embeddings))
+                                    view=view, dtype=dtype, allow_missing=allow_missing,
+                                    ignore_unknown_ids=ignore_unknown_ids, source=str(embeddings))
     except (ValueError, KeyError) as e:
         if isinstance(e, FacestoreError):
             raise
         raise click.UsageError(str(e.args[0] if e.args else e)) from None
-    click.echo(f"imported {summary['imported']} vectors into {model}/{summary['view']} "
-               f"({summary['not_imported']} store images without a vector)")
+    msg = (f"imported {summary['imported']} vectors into {model}/{summary['view']} "
+           f"({summary['not_imported']} store images without a vector)")
+    if summary["ignored_unknown_ids"]:
+        msg += f"; ignored {summary['ignored_unknown_ids']} vectors whose image ID is not in the store"
+    click.echo(msg)
 
 
 @main.command("export")
 @click.argument("store_path", metavar="STORE", type=click.Path())
-@click.option("--model", required=True)
+@click.option("--model", required=True, help="a model stored in STORE")
 @click.option("--view", default=None, help="[default: the model's default view]")
-@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder (created)")
 def export(store_path, model, view, out) -> None:
     """Write embeddings.npy, image_ids.npy, labels.npy, names.json, spec.json (ok rows)."""
     from facestore.store.store import open_store
     from facestore.store.transfer import export_embeddings
 
-    try:
-        summary = export_embeddings(open_store(store_path, mode="r"), model, out=out, view=view)
-    except KeyError as e:
-        raise click.UsageError(str(e.args[0] if e.args else e)) from None
+    summary = export_embeddings(open_store(store_path, mode="r"), model, out=out, view=view)
     click.echo(f"exported {summary['rows']} x {summary['dim']} ({model}/{summary['view']}) to {summary['out']}")
 
 
@@ -251,7 +431,7 @@ def export(store_path, model, view, out) -> None:
 @click.option("--template-set", default=None, help="name to store them under; without --templates, a built-in set: plan (default) or "
               "name-tailored [default: plan, or the file's stem]")
 @click.option("--weights", type=click.Path(exists=True), default=None, help="local weights directory")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda|cuda:N")
 def text(store_path, model, templates_file, template_set, weights, device) -> None:
     """Store name x template text embeddings for zero-shot probes."""
     from pathlib import Path
@@ -267,7 +447,7 @@ def text(store_path, model, templates_file, template_set, weights, device) -> No
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def doctor(as_json: bool) -> None:
     """Report versions, devices, bf16 support, onnxruntime providers, faiss GPUs, HF cache (for bug reports)."""
     from facestore.doctor import doctor_report, format_report

@@ -92,14 +92,14 @@ def test_strict_and_errors_are_one_line_with_exit_codes(chip_folder: Path, tmp_p
               "--no-progress", "--strict", code=1)
     assert res.stderr.startswith("Error: --strict: the build recorded failures")
     res = run("build", "--data", chip_folder, "--store", store, "--model", "pixels-32", "--dtype", "float32",
-              "--workers", "0", "--no-progress", code=1)
+              "--workers", "0", "--no-progress", code=2)
     assert "different spec" in res.stderr and "dtype: 'float16' -> 'float32'" in res.stderr
     res = run("build", "--data", chip_folder, "--store", store, "--model", "dinov2-tiny", code=2)
     assert res.stderr.startswith("Error: model 'dinov2-tiny' not found.") and "dinov2-small" in res.stderr
     res = run("build", "--data", chip_folder, "--store", store, "--model", "pixels-32", "--model", "dinov2-small",
               "--weights", tmp_path, "--weights", tmp_path, code=2)
     assert "NAME=DIR" in res.output
-    res = run("info", tmp_path / "nowhere", code=1)
+    res = run("info", tmp_path / "nowhere", code=2)
     assert "no facestore store" in res.stderr
 
 
@@ -162,7 +162,7 @@ def test_arcface_options_reach_the_encoder_and_are_part_of_the_spec(small_chips:
     res = run("build", *common, "--arcface-align", "center")
     assert "arcface-r50: 5 rows written" in res.stdout
     assert facestore.open_store(store).model_spec("arcface-r50")["options"]["arcface_align"] == "center"
-    res = run("build", *common, code=1)  # default: detect, a different preprocessing
+    res = run("build", *common, code=2)  # default: detect, a different preprocessing
     assert "options.arcface_align: 'center' -> 'detect'" in res.stderr
     res = run("build", "--data", small_chips, "--store", tmp_path / "p", "--model", "pixels-32",
               "--arcface-align", "center", code=1)

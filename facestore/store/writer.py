@@ -168,6 +168,10 @@ class ModelWriter:
         start = c * self.chunk_rows
         return start, min(start + self.chunk_rows, self.n)
 
+    def chunk_rows_range(self, c: int) -> tuple[int, int]:
+        """The name docs/design.md gives :meth:`chunk_range`."""
+        return self.chunk_range(c)
+
     def status(self) -> np.ndarray:
         """Per-row status codes of the group (checked reads: damage raises, never reads as written)."""
         return _codec.read(self._arrays[layout.STATUS], self.n, what=f"model {self.model!r} status").astype(np.uint8)

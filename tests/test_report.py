@@ -122,6 +122,7 @@ def test_pages_show_the_summary_numbers_not_recomputed_ones(made, tmp_path):
     summary["metrics"]["balanced_accuracy"] = 0.43219
     summary["ci"]["balanced_accuracy"] = [0.11111, 0.77777]
     summary["calibration"] = {"nll": 1.23456, "ece": 0.0654321, "brier": 0.5}
+    summary["baseline"] = {"balanced_accuracy": 0.3131, "accuracy": 0.2929}
     summary["controls_seen_later"] = {"label_shuffle": {"balanced_accuracy": 0.2468}}
     (folder / "summary.json").write_text(json.dumps(summary))
     comparison = json.loads((results / "comparison.json").read_text())
@@ -133,6 +134,10 @@ def test_pages_show_the_summary_numbers_not_recomputed_ones(made, tmp_path):
     site = build_report(results, store=made["store"])
     page = _page(next(p.path for p in site.pages if p.experiment == "planted_all"))
     assert "0.4322" in page and "[0.1111, 0.7778]" in page
+    assert "against its baseline 0.3131" in page  # the p-value's own baseline, not 1/C
+    row = next(r for r in comparison["experiments"] if r["experiment"] == "planted_all")
+    verdict = "above its baseline" if row["above_baseline"] else "not above its baseline"
+    assert f"{verdict} after the comparison&#x27;s multiplicity correction" in page
     assert "1.2346" in page and "0.0654" in page  # calibration from summary.json, as written
     assert "controls_seen_later" in page and "0.2468" in page  # unknown keys render generically
     index = _page(site.index)

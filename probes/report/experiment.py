@@ -62,7 +62,7 @@ def _img(src: str, alt: str) -> str:
     return f'<img class="fig" src="{esc(src)}" alt="{esc(alt)}">'
 
 
-def _headline(summary: dict, names: list[str]) -> str:
+def _headline(summary: dict, names: list[str], row: dict | None = None) -> str:
     metrics = summary.get("metrics")
     if not isinstance(metrics, dict):
         return _missing("summary.json has no metrics: not in this result")
@@ -82,7 +82,7 @@ def _headline(summary: dict, names: list[str]) -> str:
             continue
         rows.append((Cell(esc(k), k), Cell("–"), Cell(fmt_ci(ci.get(k)) if k in ci else "–"),
                      Cell(esc(fmt_p(pv.get(k))) if k in pv else "–")))
-    out = [_headline_sentence(summary), table(("metric", "value", "95% CI", "p-value"), rows)]
+    out = [_headline_sentence(summary, row), table(("metric", "value", "95% CI", "p-value"), rows)]
     sig = summary.get("significant")
     if sig is not None:
         cls = "sig" if sig else "ns"
@@ -129,25 +129,36 @@ def _headline(summary: dict, names: list[str]) -> str:
     return "".join(out)
 
 
-def _headline_sentence(summary: dict) -> str:
-    """One line with the numbers a reader looks for first, each read from summary.json."""
+def _headline_sentence(summary: dict, row: dict | None) -> str:
+    """One line with the numbers a reader looks for first, read from summary.json (and, for the
+    corrected verdict, from this experiment's row of comparison.json)."""
     m, ci = summary.get("metrics") or {}, summary.get("ci") or {}
     ch, pv = summary.get("chance") or {}, summary.get("p_value") or {}
+    tested = summary.get("baseline") if isinstance(summary.get("baseline"), dict) else None
     parts = []
-    for key, label, base_key, base_label in (("balanced_accuracy", "Balanced accuracy", "uniform", "chance"),
-                                             ("accuracy", "top-1", "majority", "majority")):
+    for key, label, chance_key, chance_label in (("balanced_accuracy", "Balanced accuracy", "uniform", "chance"),
+                                                 ("accuracy", "top-1", "majority", "majority")):
         if not isinstance(m.get(key), (int, float)):
             continue
         text = f"{label} <b>{esc(fmt(m[key]))}</b> {fmt_ci(ci.get(key)) if key in ci else ''}"
-        if isinstance(ch.get(base_key), (int, float)):
-            text += f" against {base_label} {esc(fmt(ch[base_key]))}"
+        # The p-value tests against summary.json's baseline when it records one (result format 2).
+        if tested is not None and isinstance(tested.get(key), (int, float)):
+            text += f" against its baseline {esc(fmt(tested[key]))}"
+        elif isinstance(ch.get(chance_key), (int, float)):
+            text += f" against {chance_label} {esc(fmt(ch[chance_key]))}"
         if key in pv:
             text += f" (p = {esc(fmt_p(pv[key]))})"
         parts.append(text)
     if isinstance(m.get("n_test"), int):
         ident = m.get("n_test_identities")
         parts.append(f"{m['n_test']} test images" + (f" of {ident} identities" if isinstance(ident, int) else ""))
-    return f'<p class="headline">{" · ".join(parts)}</p>' if parts else ""
+    line = " · ".join(parts)
+    if row and row.get("above_baseline") is not None:
+        settings = "after the comparison's multiplicity correction"
+        verdict = "above its baseline" if row["above_baseline"] else "not above its baseline"
+        line += (f'<br><span class="{"sig" if row["above_baseline"] else "ns"}">{esc(verdict)} {esc(settings)} '
+                 f"(adjusted p = {esc(fmt_p(row.get('p_balanced_adj')))}, comparison.json)</span>")
+    return f'<p class="headline">{line}</p>' if line else ""
 
 
 def _plural(n: int, word: str) -> str:
@@ -404,7 +415,7 @@ def render_experiment(res, *, page_path: Path, index_href: str, store: StoreView
         what = generic(control, depth=1) if isinstance(control, dict) else esc(control)
         sections.append(f'<p class="warn">This result is a control, never ranked: {what}</p>')
 
-    sections.append(_section("headline", "Headline metrics", _headline(summary, list(res.names))))
+    sections.append(_section("headline", "Headline metrics", _headline(summary, list(res.names), comparison_row)))
     if comparison_row:
         sections.append("<details><summary>this experiment's row of comparison.json</summary>"
                         + generic(comparison_row) + "</details>")

@@ -165,27 +165,49 @@ def _parse_weights(values: tuple[str, ...], models: tuple[str, ...]) -> Any:
 @click.option("--no-face", type=click.Choice(["record", "center"]), default=None,
               help="ArcFace, chips without a detected face: record as no_face (default) or use the centre crop")
 @click.option("--strict", is_flag=True, help="exit non-zero if any image failed (after recording it)")
+@click.option("--follow-symlinks", is_flag=True,
+              help="index images whose real location (through a symbolic link) is outside the dataset root, and "
+                   "record them; without it they are skipped (folder) or refused (manifest)")
+@click.option("--rehash", is_flag=True,
+              help="before building, fingerprint every stored image again, not only those whose size or mtime "
+                   "changed (catches edits that restored the modification time)")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @click.option("--json", "as_json", is_flag=True, help="print the build report as JSON")
 def build(data, store_path, models, weights, batch_size, device, workers, dtype, chunk_rows, precision,
-          arcface_align, no_face, strict, no_progress, as_json) -> None:
+          arcface_align, no_face, strict, follow_symlinks, rehash, no_progress, as_json) -> None:
     """Extract embeddings of every image for each --model; resumable, appends new images.
 
     Under torchrun (`torchrun --nproc-per-node N -m facestore build ...`) each rank takes whole chunks.
     """
     from facestore.build import build_store
+    from facestore.dataset import scan_dataset
     from facestore.distributed import context_from_env
 
     _setup_logging(verbose=True)
     options = {k: v for k, v in (("arcface_align", arcface_align), ("no_face", no_face)) if v is not None}
+    # Scanned here so the dataset options reach the index; build_store takes the scanned dataset as is.
+    dataset = scan_dataset(data, follow_symlinks=follow_symlinks)
+    ctx = context_from_env()
+    if rehash and (ctx is None or ctx.is_main):
+        _rehash(store_path, dataset)
     report = build_store(
-        data, store_path, list(models), weights=_parse_weights(weights, models), batch_size=batch_size,
+        dataset, store_path, list(models), weights=_parse_weights(weights, models), batch_size=batch_size,
         device=device, workers=workers, dtype=dtype, chunk_rows=chunk_rows, precision=precision,
         strict=strict, options=options, progress=not no_progress,
     )
-    ctx = context_from_env()
     if ctx is None or ctx.is_main:
         click.echo(_json(report.to_dict()) if as_json else report.summary())
+
+
+def _rehash(store_path: str, dataset) -> None:
+    """``--rehash``: check every stored image's content before the build appends (nothing to do for a new store)."""
+    from pathlib import Path
+
+    from facestore.store.store import open_store
+
+    if (Path(store_path) / "zarr.json").exists():
+        rep = open_store(store_path, mode="a").sync_index(dataset, rehash=True, lock_wait_s=3600)
+        click.echo(f"re-fingerprinted {rep.rehashed} stored images: unchanged", err=True)
 
 
 # --------------------------------------------------------------------------- models

@@ -205,3 +205,111 @@ def test_chips_without_a_face_are_recorded_or_centre_cropped(tmp_path: Path):
     run("build", "--store", tmp_path / "strict", *common, "--strict", code=1)
     res = run("build", "--store", tmp_path / "fallback", *common, "--no-face", "center")
     assert "arcface-r50: 4 rows written" in res.stdout and "failures this run: none" in res.stdout
+
+
+# --------------------------------------------------------------------------- issue 11 / 13: integrity and friction
+
+
+def _commands():
+    return sorted(main.commands.items())
+
+
+def test_dash_h_works_on_every_command_and_every_option_has_help():
+    undocumented = []
+    for name, cmd in _commands():
+        res = run(name, "-h")
+        assert "Usage:" in res.stdout and "--help" in res.stdout, name
+        if name == "demo":  # the report engineer's command
+            continue
+        undocumented += [f"{name} {p.opts[0]}" for p in cmd.params
+                         if isinstance(p, __import__("click").Option) and not p.help]
+    assert not undocumented, undocumented
+
+
+@pytest.fixture
+def built(chip_folder: Path, tmp_path: Path) -> Path:
+    store = tmp_path / "s"
+    run("build", "--data", chip_folder, "--store", store, "--model", "pixels-32", "--chunk-rows", "8",
+        "--workers", "0", "--no-progress")
+    return store
+
+
+def test_a_damaged_chunk_exits_3_naming_it_and_repair_then_build_restores(built: Path, chip_folder: Path):
+    before = facestore.open_store(built).load("pixels-32", dtype=None)[0]
+    f = built / "models" / "pixels-32" / "pixels" / "c" / "1" / "0"
+    raw = bytearray(f.read_bytes())
+    raw[100] ^= 0x10
+    f.write_bytes(bytes(raw))
+    res = run("export", built, "--model", "pixels-32", "--out", built.parent / "x", code=3)
+    assert "model 'pixels-32' view 'pixels': chunk 1 (rows 8-15) is damaged" in res.stderr
+    res = run("verify", built, code=1)
+    assert "damaged_chunk" in res.stderr and "chunk 1" in res.stderr
+    res = run("verify", built, "--repair", code=1)
+    assert "reset 1 chunk(s) of pixels-32" in res.stderr
+    run("build", "--data", chip_folder, "--store", built, "--model", "pixels-32", "--chunk-rows", "8",
+        "--workers", "0", "--no-progress")
+    assert f"{built}: OK" in run("verify", built).stdout
+    np.testing.assert_array_equal(facestore.open_store(built).load("pixels-32", dtype=None)[0], before)
+
+
+def test_wrong_view_and_model_typos_say_what_can_work(built: Path):
+    res = run("export", built, "--model", "pixels-32", "--view", "pixel", "--out", built.parent / "x", code=2)
+    assert res.stderr.startswith("Error: model 'pixels-32' has no view 'pixel'; its views: pixels. Did you mean 'pixels'?")
+    res = run("export", built, "--model", "pixels32", "--out", built.parent / "x", code=2)
+    assert "Did you mean 'pixels-32'?" in res.stderr and "--model pixels32" not in res.stderr
+
+
+def test_locked_store_exits_4_and_permission_denied_exits_5(built: Path, monkeypatch):
+    with facestore.open_store(built, mode="a").lock("pixels-32", owner="another build"):
+        res = run("verify", built, "--repair", code=4)
+        assert "another build" in res.stderr
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", str(built / "zarr.json"))
+
+    monkeypatch.setattr("facestore.store.store.Store.__init__", denied)
+    res = run("info", built, code=5)
+    assert res.stderr.startswith(f"Error: permission denied: {built / 'zarr.json'} (running as user")
+
+
+def test_index_then_import_a_superset_of_vectors(chip_folder: Path, tmp_path: Path):
+    store = tmp_path / "s"
+    res = run("index", "--data", chip_folder, "--store", store)
+    assert "18 images (18 new), 3 new name(s)" in res.stdout
+    st = facestore.open_store(store)
+    assert st.n == 18 and st.models == []
+    ids = np.concatenate([st.index.image_ids, ["Elsewhere/x.jpg"]])
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).normal(size=(19, 5)).astype(np.float32))
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+    res = run("import", store, "--model", "ext", "--embeddings", tmp_path / "v.npy", "--ids", tmp_path / "ids.txt",
+              code=2)
+    assert "--ignore-unknown-ids" in res.stderr
+    res = run("import", store, "--model", "ext", "--embeddings", tmp_path / "v.npy", "--ids", tmp_path / "ids.txt",
+              "--ignore-unknown-ids")
+    assert "imported 18 vectors" in res.stdout and "ignored 1 vectors whose image ID is not in the store" in res.stdout
+    assert f"{store}: OK" in run("verify", store).stdout
+    assert "18 images (0 new)" in run("index", "--data", chip_folder, "--store", store).stdout
+
+
+def test_build_follow_symlinks_and_rehash(built: Path, chip_folder: Path, tmp_path: Path):
+    import os
+
+    p = chip_folder / "Anna" / "p1" / "000.jpg"
+    st = p.stat()
+    raw = bytearray(p.read_bytes())
+    raw[-10] ^= 0xFF
+    p.write_bytes(bytes(raw))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # an edit that kept size and mtime
+    common = ["--store", built, "--model", "pixels-32", "--chunk-rows", "8", "--workers", "0", "--no-progress"]
+    run("build", "--data", chip_folder, *common)
+    res = run("build", "--data", chip_folder, *common, "--rehash", code=2)
+    assert "changed on disk" in res.stderr and "Anna/p1/000.jpg" in res.stderr
+    outside = tmp_path / "outside"
+    write_chips(outside, {"Cleo": {"p9": 2}}, seed=4)
+    os.symlink(outside / "Cleo", chip_folder / "Cleo")
+    args = ["--model", "pixels-32", "--workers", "0", "--no-progress"]
+    res = run("build", "--data", chip_folder, "--store", tmp_path / "a", *args)
+    assert "18 images (18 new)" in res.stdout
+    res = run("build", "--data", chip_folder, "--store", tmp_path / "b", *args, "--follow-symlinks")
+    assert "20 images (20 new)" in res.stdout
+    assert facestore.open_store(tmp_path / "b").info()["follow_symlinks"] is True

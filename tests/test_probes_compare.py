@@ -170,6 +170,25 @@ def test_beyond_name_frequency_needs_every_check(tmp_path):
     assert "## Beyond name frequency" in md and "the smallest 19 refits can give is 0.05" in md
 
 
+def test_models_are_ranked_on_the_images_every_one_of_them_scored(tmp_path):
+    from probes.metrics import balanced_accuracy
+    from probes.results import read_result
+
+    _fake(tmp_path, "clip_linear", signal=1.0, model="clip")
+    _fake(tmp_path, "arcface", signal=1.5, model="arcface", drop=12)  # 12 test images without a face
+    data, md = _compare(tmp_path)
+    (rk,) = data["embeddings"]["all (6 names)"]
+    assert rk["n_images"] == 108 - 12 and "different test images" in rk["flag"]
+    clip = read_result(tmp_path / "track3_clip_linear")
+    keep = np.isin(clip.image_ids, read_result(tmp_path / "track3_arcface").image_ids)
+    entry = next(e for e in rk["entries"] if e["model"] == "clip")
+    assert entry["balanced_accuracy"] == pytest.approx(balanced_accuracy(clip.true_labels[keep], clip.predictions[keep]))
+    assert entry["balanced_accuracy"] != pytest.approx(data["experiments"][-1]["balanced_accuracy"])
+    pair = data["paired_vs_reference"][0]
+    assert pair["n_common"] == 96 and pair["n_dropped"] == 12
+    assert "ranked on the 96 they share" in md
+
+
 def test_damaged_folders_are_skipped_with_the_reason_and_plots_only_when_made(tmp_path):
     _fake(tmp_path, "a", signal=1.0)
     b = _fake(tmp_path, "b", signal=1.0, model="m2")

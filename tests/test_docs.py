@@ -35,7 +35,7 @@ def blocks(path: Path) -> list[tuple[str, str]]:
 def demo_dir(tmp_path_factory):
     """A small demo/ folder made through the same functions as ``facestore demo``."""
     from facestore.build import build_store
-    from facestore.demo import DEMO_MODELS, make_synthetic_chips, zipf_people
+    from probes.demo import DEMO_MODELS, make_synthetic_chips, zipf_people
     from probes.track3 import run_track3
 
     base = tmp_path_factory.mktemp("docs")
@@ -59,7 +59,7 @@ def test_every_block_follows_the_convention():
 def test_readme_opens_with_install_main_job_and_test_command():
     first = [body.strip() for _, body in blocks(ROOT / "README.md")[:3]]
     assert first == [
-        'pip install -e ".[cpu,dev]"',
+        'python3 -m venv .venv && . .venv/bin/activate\npip install -e ".[cpu,dev]"',
         "facestore demo demo/",
         "HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 python -m pytest -q",
     ]

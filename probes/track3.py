@@ -49,9 +49,11 @@ STATUS_HEADING = "## Track 3 plan status"
 # The plan's linear experiments run a permutation null (whole fit repeated with names shuffled
 # across identities) and forced choice with a shuffled-name null by default, so the report can
 # say whether a signal is beyond name frequency without a second command. Small counts keep the
-# cost at ~19 extra fits per experiment; the report states the smallest p they can give.
+# cost at ~19 extra fits per experiment; the report states the smallest p they can give. The
+# permutation refits also serve as the forced-choice null (null_repeats only matters with
+# permutations 0: that many refits are then run for forced choice alone).
 DEFAULT_PERMUTATIONS = 19
-DEFAULT_NULL_REPEATS = 99
+DEFAULT_NULL_REPEATS = 0
 SPLIT_KINDS = ("identity", "pseudo", "image")
 # Runtime choices that do not change what is computed (beyond float round-off), so changing
 # them does not invalidate a result.
@@ -615,8 +617,8 @@ def _list_experiments() -> str:
 @click.option("--permutations", default=DEFAULT_PERMUTATIONS, show_default=True, type=click.IntRange(min=0),
               help="Whole-fit permutation null refits of the plan's linear experiments (0: none).")
 @click.option("--null-repeats", default=DEFAULT_NULL_REPEATS, show_default=True, type=click.IntRange(min=0),
-              help="Forced choice with this many shuffled-name repeats for the plan's linear experiments "
-                   "(forced choice is off when this and --permutations are 0).")
+              help="Forced-choice null refits of the plan's linear experiments when --permutations is 0 (else the "
+                   "permutation refits serve); forced choice is off when both are 0.")
 @click.option("--reference", default=None,
               help="Reference experiment of the paired comparisons (default: clip_linear when it ran).")
 @click.option("--correction", default="holm", show_default=True, type=click.Choice(["holm", "bh"]),

@@ -2,6 +2,10 @@
 
 Target (issue 2): store / np.load throughput ratio >= 0.5 at 434,528 x 768.
 
+Since store format 2.0.0 every chunk read is checked (file size and crc32c trailer), so the
+store pays one crc32c pass over the bytes that ``np.load`` does not (google_crc32c, about
+3 GB/s per core here; it holds the GIL, so reader threads do not verify in parallel).
+
     python benchmarks/store_read.py                # the full 434,528 x 768 (about 670 MB on disk twice)
     python benchmarks/store_read.py --rows 50000   # quick
 """

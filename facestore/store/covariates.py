@@ -56,32 +56,34 @@ def covariate_attrs(store, name: str) -> dict[str, Any]:
 
 
 def missing_value(dtype: np.dtype):
-    return "" if np.dtype(dtype).kind in "OTU" else np.nan
+    return "" if np.dtype(dtype).kind in "OTUS" else np.nan
+
+
+def _pad(values: np.ndarray, n: int) -> np.ndarray:
+    """``values`` extended with the missing value to ``n`` rows (integers become float64 for NaN)."""
+    k = len(values)
+    if k >= n:
+        return values[:n]
+    if values.dtype.kind in "iuf":
+        return np.concatenate([values.astype(np.float64), np.full(n - k, np.nan)])
+    return np.concatenate([values.astype(object), np.full(n - k, "", dtype=object)]).astype(str)
 
 
 def read_covariates(store, n: int) -> dict[str, np.ndarray]:
     """Every covariate as an array of ``n`` values in index order (rows added after it: missing)."""
     out: dict[str, np.ndarray] = {}
+    g = _group(store) if n else None
     for name in covariate_names(store):
-        arr = _group(store)[name]
+        arr = g[name]
         if arr.attrs.get("complete") is not True:
             raise StoreCorruptError(f"covariate {name!r} in {store.path} was not saved completely; add it again")
         k = min(arr.shape[0], n)
         v = _codec.read(arr, k, what=f"covariate {name!r}", base=Path(store.path) / arr.path, require_chunks=True)
-        if v.dtype.kind not in "iuf":
-            v = _codec.as_str(v)
-        if k < n:
-            if v.dtype.kind in "iu":
-                v = v.astype(np.float64)
-            pad = np.full(n - k, missing_value(v.dtype), dtype=v.dtype if v.dtype.kind == "f" else object)
-            v = np.concatenate([v.astype(object) if v.dtype.kind == "U" else v, pad])
-            if v.dtype == object:
-                v = v.astype(str)
-        out[name] = v
+        out[name] = _pad(v if v.dtype.kind in "iuf" else _codec.as_str(v), n)
     return out
 
 
-def _storage(values: np.ndarray) -> tuple[np.ndarray, Any]:
+def _storage(values) -> tuple[np.ndarray, Any]:
     v = np.asarray(values)
     if v.dtype.kind in "iub":
         return v.astype(np.int64), "int64"
@@ -91,11 +93,15 @@ def _storage(values: np.ndarray) -> tuple[np.ndarray, Any]:
 
 
 def save_covariate(store, name: str, values, *, attrs: dict[str, Any]) -> None:
-    """Write covariate ``name`` whole (``n`` values, index order), atomically; replaces an existing one."""
+    """Write covariate ``name`` whole (at least ``n`` values, index order), atomically; replaces an existing one.
+
+    Values past ``n`` are allowed only while an index append is under way (they belong to rows it
+    has not committed yet).
+    """
     store._require_writable()
     layout.check_model_name(name)
     values, dtype = _storage(values)
-    if len(values) != store.n:
+    if len(values) < store.n:
         raise ValueError(f"covariate {name!r} has {len(values)} values; the store has {store.n} images")
     g = _group(store, create=True)
     base = Path(store.path) / _PREFIX
@@ -115,62 +121,74 @@ def save_covariate(store, name: str, values, *, attrs: dict[str, Any]) -> None:
 
 
 def plan_dataset_covariates(store, ds, rows: np.ndarray, *, n_old: int) -> list[tuple[str, np.ndarray, dict]]:
-    """What :func:`write_dataset_covariates` will write for the dataset's ``rows`` (checked first,
-    so that a conflict fails before anything of the sync is written)."""
+    """The dataset's covariate values for its ``rows`` (about to be appended after ``n_old`` index
+    rows), checked against the stored covariates before anything of the sync is written.
+
+    A stored covariate that came from the dataset but is absent from it now gets missing values
+    for the new rows; a column whose values change kind (numbers vs strings) is an error.
+    """
     have = set(covariate_names(store)) if n_old else set()
     cols = dict(getattr(ds, "covariates", {}) or {})
     plan = []
     for name, values in cols.items():
         new = np.asarray(values)[rows]
         if name in have:
-            stored_numeric = dict(_group(store)[name].attrs).get("kind") == "numeric"
-            if stored_numeric != (new.dtype.kind in "iuf"):
+            stored_numeric = _group(store)[name].attrs.get("kind") == "numeric"
+            if stored_numeric != (new.dtype.kind in "iuf") and len(new):
                 kind = "numeric" if stored_numeric else "string"
                 raise DatasetError(f"covariate {name!r} is {kind} in the store but the dataset's new rows give "
                                    f"{'strings' if stored_numeric else 'numbers'}; keep one kind of value per column")
         plan.append((name, new, {"source": ds.source}))
     for name in sorted(have - set(cols)):
-        stored = _group(store)[name]
-        kind = stored.attrs.get("kind")
-        if dict(stored.attrs).get("source") in ("manifest", "folder"):
-            missing = np.full(len(rows), np.nan) if kind == "numeric" else np.full(len(rows), "")
-            plan.append((name, missing, {}))
+        attrs = dict(_group(store)[name].attrs)
+        if attrs.get("from") == "names":
+            # Derived from the names: the new rows get it from the same lexicon and threshold.
+            values, prob = _name_gender(np.asarray(ds.row_names)[rows], threshold=attrs.get("threshold"))
+            plan.append((name, prob if attrs.get("field") == "probability" else values, attrs))
+        elif attrs.get("source") in ("manifest", "folder"):
+            missing = np.full(len(rows), np.nan) if attrs.get("kind") == "numeric" else np.full(len(rows), "")
+            plan.append((name, missing, attrs))
     return plan
 
 
+def _name_gender(names, *, threshold: float | None):
+    """Per-row ``(values, probability)`` of the lexicon for ``names``, and the full result."""
+    from facestore.name_gender import infer_name_gender
+
+    names = [str(x) for x in names]
+    uniq = sorted(set(names))
+    kw = {} if threshold is None else {"threshold": float(threshold)}
+    result = infer_name_gender(uniq, **kw)
+    pos = {nm: i for i, nm in enumerate(uniq)}
+    idx = np.fromiter((pos[x] for x in names), dtype=np.int64, count=len(names))
+    values = np.asarray(result.values).astype(str)
+    prob = np.asarray(result.probability, dtype=np.float64)
+    return values[idx] if len(idx) else values[:0], prob[idx] if len(idx) else prob[:0]
+
+
 def write_dataset_covariates(store, ds, rows: np.ndarray, *, n_old: int, plan=None) -> None:
-    """Write the dataset's covariates for ``rows``, appended after the first ``n_old`` index rows."""
+    """Write the dataset's covariates for ``rows``, appended after the first ``n_old`` index rows.
+
+    Each covariate is rewritten whole and atomically (old values, then the new rows'); until the
+    index commits the new rows, readers see only the first ``n_old`` values.
+    """
     plan = plan_dataset_covariates(store, ds, rows, n_old=n_old) if plan is None else plan
-    if not plan:
-        return
-    n_new = n_old + len(rows)
-    have = set(covariate_names(store)) if n_old else set()
+    current = read_covariates(store, n_old) if n_old else {}
     for name, new, attrs in plan:
-        if name not in have:
-            # A new column (or the first sync): old rows get the missing value, the whole array at once.
-            new_s, _ = _storage(new)
-            if n_old and new_s.dtype.kind in "iu":
-                new_s = new_s.astype(np.float64)
-            head = np.full(n_old, missing_value(new_s.dtype), dtype=new_s.dtype if new_s.dtype.kind == "f" else object)
-            full = np.concatenate([head, new_s.astype(object) if new_s.dtype.kind == "U" else new_s]) if n_old else new_s
-            if full.dtype == object:
-                full = full.astype(str)
-            save_covariate(store, name, full, attrs={**attrs, "n_rows_at_creation": int(n_new)})
-            continue
-        g = _group(store)
-        arr = _codec.writable(g[name])
-        cur = np.asarray(read_covariates(store, n_old)[name])
         new_v, _ = _storage(new)
-        if cur.dtype.kind == "i" and (new_v.dtype.kind == "f" or arr.shape[0] < n_old):
-            # Integers that now need a missing value (or came as floats): rewrite as float64.
-            full = np.concatenate([cur.astype(np.float64), new_v.astype(np.float64)])
-            save_covariate(store, name, full, attrs={k: v for k, v in arr.attrs.items() if k not in ("kind", "created")})
-            continue
-        if arr.shape[0] < n_old:  # added later from a file, shorter than the index: fill the gap first
-            arr.resize((n_old,))
-            arr[arr.shape[0]:n_old] = np.full(n_old - arr.shape[0], missing_value(cur.dtype))
-        arr.resize((n_new,))
-        arr[n_old:n_new] = new_v.astype(cur.dtype) if cur.dtype.kind in "iuf" else new_v
+        old_v = current.get(name)
+        if old_v is None:  # a new column: old rows get the missing value
+            old_v = _pad(new_v[:0], n_old)
+            attrs = {**attrs, "added_at_row": int(n_old)}
+        else:
+            attrs = {k: v for k, v in _group(store)[name].attrs.items() if k not in ("kind", "created", "complete")}
+        if old_v.dtype.kind in "iuf":
+            full = np.concatenate([old_v, new_v])
+            if full.dtype.kind == "f" or old_v.dtype.kind == "f" or new_v.dtype.kind == "f":
+                full = full.astype(np.float64)
+        else:
+            full = np.concatenate([old_v.astype(object), new_v.astype(object)]).astype(str)
+        save_covariate(store, name, full, attrs=attrs)
 
 
 def covariates_from_csv(store, path: str | os.PathLike, *, replace: bool = False) -> dict[str, Any]:
@@ -227,8 +245,11 @@ def covariates_from_csv(store, path: str | os.PathLike, *, replace: bool = False
     for c in names:
         vals = typed_column([r[header.index(c)].strip() for r in rows])
         if vals.dtype.kind in "iu" and len(keys) < store.n:
-            vals = vals.astype(np.float64)
-        full = np.full(store.n, missing_value(vals.dtype), dtype=vals.dtype if vals.dtype.kind == "f" else object)
+            vals = vals.astype(np.float64)  # images the file does not list need NaN
+        if vals.dtype.kind in "iuf":
+            full = np.full(store.n, np.nan if vals.dtype.kind == "f" else 0, dtype=vals.dtype)
+        else:
+            full = np.full(store.n, "", dtype=object)
         full[where] = vals
         full = full.astype(str) if full.dtype == object else full
         store.add_covariate(c, full, attrs={"source": f"file:{path.resolve()}", "key": key})
@@ -238,12 +259,13 @@ def covariates_from_csv(store, path: str | os.PathLike, *, replace: bool = False
 
 def add_name_gender(store, *, threshold: float | None = None, name: str = "name_gender") -> dict[str, Any]:
     """Add ``name_gender`` (``f``/``m``/``unknown`` per image, from its name) and
-    ``name_gender_probability`` (the lexicon's P(female), NaN where unknown) with the lexicon's
-    source, version and threshold in their attrs. Returns a summary with the unknown names."""
+    ``name_gender_probability`` (the lexicon's P(female), NaN for a name it does not list), with
+    the lexicon's source, version and threshold in their attrs; images appended later get them
+    from the same lexicon and threshold. Returns a summary with the names left ``unknown``."""
     from facestore.name_gender import infer_name_gender
 
     index = store.index
-    kw = {} if threshold is None else {"threshold": threshold}
+    kw = {} if threshold is None else {"threshold": float(threshold)}
     result = infer_name_gender(list(index.names), **kw)
     values = np.asarray(result.values).astype(str)
     prob = np.asarray(result.probability, dtype=np.float64)
@@ -251,8 +273,9 @@ def add_name_gender(store, *, threshold: float | None = None, name: str = "name_
     unknown = [str(u) for u in result.unknown]
     attrs = {"source": str(result.source), "version": str(result.version), "threshold": float(result.threshold),
              "from": "names", "unknown_names": unknown[:1000], "n_unknown_names": len(unknown)}
-    store.add_covariate(name, values[labels] if len(labels) else values[:0], attrs=attrs)
-    store.add_covariate(f"{name}_probability", prob[labels] if len(labels) else prob[:0], attrs=attrs)
+    store.add_covariate(name, values[labels] if len(labels) else values[:0], attrs={**attrs, "field": "values"})
+    store.add_covariate(f"{name}_probability", prob[labels] if len(labels) else prob[:0],
+                        attrs={**attrs, "field": "probability"})
     counts = {v: int((values == v).sum()) for v in ("f", "m", "unknown")}
     return {"covariates": [name, f"{name}_probability"], "names": counts, "unknown": unknown,
             "source": attrs["source"], "version": attrs["version"], "threshold": attrs["threshold"]}

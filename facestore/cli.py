@@ -154,12 +154,21 @@ def _parse_weights(values: tuple[str, ...], models: tuple[str, ...]) -> Any:
 @click.option("--store", "store_path", required=True, type=click.Path(), help="store directory (created if absent)")
 @click.option("--model", "models", required=True, multiple=True, help="registry name; repeat for several models (one decode)")
 @click.option("--weights", multiple=True, help="local weights: DIR (one model) or NAME=DIR (repeatable)")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda|cuda:N")
-@click.option("--workers", default=None, type=click.IntRange(min=0), help="decode processes [default: cores - 1, max 8]")
-@click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]))
-@click.option("--chunk-rows", default=8192, show_default=True, type=click.IntRange(min=1))
-@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="images per forward pass; recorded with the vectors (a resume must use the same)")
+@click.option("--device", default="auto", show_default=True,
+              help="auto|cpu|cuda|cuda:N; CPU vs CUDA is recorded with the vectors")
+@click.option("--workers", default=None, type=click.IntRange(min=0),
+              help="decode processes; 0 decodes in this process [default: usable cores - 1]")
+@click.option("--decode", default="auto", show_default=True, type=click.Choice(["auto", "pil", "draft"]),
+              help="auto: torchvision for plain JPEGs, PIL otherwise (identical pixels); pil: PIL only; "
+                   "draft: PIL's DCT-scaled JPEG decoding (faster, different pixels, recorded)")
+@click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]),
+              help="storage dtype of the vectors (computed in float32 or the --precision)")
+@click.option("--chunk-rows", default=8192, show_default=True, type=click.IntRange(min=1),
+              help="rows per store chunk: the unit of writing and of resuming")
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="compute precision; auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32")
 @click.option("--arcface-align", type=click.Choice(["detect", "center"]), default=None,
               help="ArcFace: detect landmarks and align (default), or crop the chip's centre")
 @click.option("--no-face", type=click.Choice(["record", "center"]), default=None,
@@ -173,7 +182,7 @@ def _parse_weights(values: tuple[str, ...], models: tuple[str, ...]) -> Any:
                    "changed (catches edits that restored the modification time)")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @click.option("--json", "as_json", is_flag=True, help="print the build report as JSON")
-def build(data, store_path, models, weights, batch_size, device, workers, dtype, chunk_rows, precision,
+def build(data, store_path, models, weights, batch_size, device, workers, decode, dtype, chunk_rows, precision,
           arcface_align, no_face, strict, follow_symlinks, rehash, no_progress, as_json) -> None:
     """Extract embeddings of every image for each --model; resumable, appends new images.
 
@@ -193,7 +202,7 @@ def build(data, store_path, models, weights, batch_size, device, workers, dtype,
     report = build_store(
         dataset, store_path, list(models), weights=_parse_weights(weights, models), batch_size=batch_size,
         device=device, workers=workers, dtype=dtype, chunk_rows=chunk_rows, precision=precision,
-        strict=strict, options=options, progress=not no_progress,
+        strict=strict, options=options, progress=not no_progress, decode=decode,
     )
     if ctx is None or ctx.is_main:
         click.echo(_json(report.to_dict()) if as_json else report.summary())

@@ -26,6 +26,9 @@ class DistributedContext:
     rank: int
     world_size: int
     local_rank: int
+    #: Build processes on this machine (torchrun's LOCAL_WORLD_SIZE): they share its cores, so
+    #: each starts usable_cores // local_world_size - 1 decode workers by default.
+    local_world_size: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -57,16 +60,19 @@ def context_from_env(env: Mapping[str, str] | None = None) -> DistributedContext
         world = int(env["WORLD_SIZE"])
         rank = int(env.get("RANK", "0"))
         local_rank = int(env.get("LOCAL_RANK", str(rank)))
+        local_world = int(env.get("LOCAL_WORLD_SIZE", "1"))  # torchrun sets it; other launchers may not
     except ValueError:
         raise BuildError(
             f"cannot read the torchrun environment: WORLD_SIZE={env.get('WORLD_SIZE')!r}, "
-            f"RANK={env.get('RANK')!r}, LOCAL_RANK={env.get('LOCAL_RANK')!r} must be integers"
+            f"RANK={env.get('RANK')!r}, LOCAL_RANK={env.get('LOCAL_RANK')!r}, "
+            f"LOCAL_WORLD_SIZE={env.get('LOCAL_WORLD_SIZE')!r} must be integers"
         ) from None
     if world <= 1:
         return None
     if not 0 <= rank < world:
         raise BuildError(f"RANK={rank} is outside 0..WORLD_SIZE-1={world - 1}; start the build with torchrun")
-    return DistributedContext(rank=rank, world_size=world, local_rank=local_rank)
+    return DistributedContext(rank=rank, world_size=world, local_rank=local_rank,
+                              local_world_size=max(1, min(local_world, world)))
 
 
 class ProcessGroup:

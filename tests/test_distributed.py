@@ -27,6 +27,13 @@ def test_context_from_torchrun_environment():
     assert [c for c in range(10) if ctx.owns(c)] == [2, 6]
     assert ctx.device("auto", cuda_available=False) == "cpu"
     assert ctx.device("cuda", cuda_available=True) == "cuda:0"
+    # torchrun's LOCAL_WORLD_SIZE: the ranks of one machine share its cores for decode workers.
+    two = context_from_env({"WORLD_SIZE": "4", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
+    assert two.local_world_size == 2
+    from facestore.build import default_workers
+
+    assert default_workers(cores=16, processes_per_node=two.local_world_size) == 7
+    assert default_workers(cores=16) == 15 and default_workers(cores=2) == 1 and default_workers(cores=1) == 0
     with pytest.raises(BuildError, match="outside"):
         context_from_env({"WORLD_SIZE": "2", "RANK": "5"})
     with pytest.raises(BuildError, match="must be integers"):

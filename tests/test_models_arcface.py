@@ -86,7 +86,7 @@ def test_detect_path_aligns_with_norm_crop_at_the_detected_landmarks(detect, ref
     expected = reference.get_feat([norm_crop(np.ascontiguousarray(c[..., ::-1]), kps) for c in chips])
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-4, rtol=1e-4)
     # The aligned crop is not the centre crop: the geometry really comes from the detector.
-    assert not torch.allclose(pre(chips[0]), detect_center_tensor(detect, chips[0]))
+    assert not torch.equal(pre(chips[0]), detect_center_tensor(detect, chips[0]))
 
 
 def detect_center_tensor(encoder, chip):
@@ -139,8 +139,12 @@ def test_batched_run_equals_per_image_and_fixed_batch_loops(tmp_path, detect, ch
 def test_preprocessor_pickles_and_creates_its_detector_in_workers(detect, chips):
     pre = detect.preprocessor()
     expected = pre(chips[0])  # creates this process's detector session
+    assert expected.dtype == torch.uint8 and expected.shape == (3, 112, 112)  # normalised in encode
+    main = pre.runtime_info()
+    assert main["process"] == "main process" and main["providers"] == ["CPUExecutionProvider"]
+    assert main["intra_op_threads"] == 0  # onnxruntime's own pool in the main process
     clone = pickle.loads(pickle.dumps(pre))
-    assert clone._detector is None
+    assert clone._detector is None and clone.runtime_info() is None
     torch.testing.assert_close(clone(chips[0]), expected)
 
     class Chips(torch.utils.data.Dataset):
@@ -148,11 +152,14 @@ def test_preprocessor_pickles_and_creates_its_detector_in_workers(detect, chips)
             return len(chips)
 
         def __getitem__(self, i):
-            return pre(chips[i])
+            return pre(chips[i]), pre.runtime_info()
 
-    loader = torch.utils.data.DataLoader(Chips(), batch_size=2, num_workers=1, collate_fn=detect.collate)
-    (batch,) = list(loader)
-    torch.testing.assert_close(batch, torch.stack([pre(c) for c in chips]))
+    loader = torch.utils.data.DataLoader(Chips(), batch_size=None, num_workers=1)
+    items = list(loader)
+    torch.testing.assert_close(torch.stack([x for x, _ in items]), torch.stack([pre(c) for c in chips]))
+    # In a decode worker the detector session gets one intra-op thread (one worker per core).
+    info = items[0][1]
+    assert info == {"providers": ["CPUExecutionProvider"], "intra_op_threads": 1, "process": "decode worker"}
 
 
 def test_resolved_spec_and_runtime(pack, detect, center):
@@ -168,7 +175,8 @@ def test_resolved_spec_and_runtime(pack, detect, center):
     assert spec == load_encoder("arcface-r50", weights=str(pack), device="cpu").resolved_spec()
     assert spec["precision"] == "fp32" and spec["versions"]["onnxruntime"]
     rt = detect.runtime()
-    assert rt["providers"] == ["CPUExecutionProvider"] and rt["detector_providers"] == ["CPUExecutionProvider"]
+    assert rt["providers"] == ["CPUExecutionProvider"] and rt["detector_device"] == "cpu"
+    assert center.runtime()["detector_device"] is None
     with pytest.raises(ValueError, match="float32"):
         load_encoder("arcface-r50", weights=str(pack), device="cpu", precision="bf16")
     with pytest.raises(ValueError, match="arcface_align"):

@@ -19,7 +19,7 @@ from facestore.errors import DeviceError, WeightsNotFoundError
 from facestore.models import get_spec, list_models, load_encoder
 from facestore.models.base import TextTowerError
 from facestore.models.hf_vit import from_pretrained, resolve_precision, weights_identity
-from facestore.models.preprocess import ImagePreprocessor, from_hf_processor
+from facestore.models.preprocess import ImagePreprocessor, PixelPreprocessor, from_hf_processor
 from tests.tiny.hf import make_weights
 
 FAMILIES = ("dinov2", "dinov3", "siglip")
@@ -138,10 +138,18 @@ def test_resolved_spec_records_processor_weights_precision_versions(tiny, encode
     assert again.resolved_spec() == rs
     assert set(rs["versions"]) >= {"torch", "transformers"} and rs["versions"]["transformers"] != "not installed"
     assert rs["precision"] == "fp32"
-    # The worker-side preprocessor is picklable and produces the model's input size.
+    # The worker-side preprocessor is picklable and produces the model's pixels, not normalised:
+    # uint8 where the reference resizes the uint8 image, float32 for DINOv3 (it resizes floats).
     pre = pickle.loads(pickle.dumps(enc.preprocessor()))
-    assert isinstance(pre, ImagePreprocessor)
-    assert pre(np.zeros((512, 512, 3), np.uint8)).shape == (3, 224, 224)
+    assert isinstance(pre, PixelPreprocessor)
+    pixels = pre(np.zeros((512, 512, 3), np.uint8))
+    assert pixels.shape == (3, 224, 224)
+    assert pixels.dtype == (torch.float32 if family == "dinov3" else torch.uint8) and pre.output_dtype == str(
+        pixels.dtype).removeprefix("torch.")
+    # Normalised on the device by the encoder: the same bits as the one-call ImagePreprocessor.
+    chip = np.random.default_rng(3).integers(0, 256, (300, 260, 3), dtype=np.uint8)
+    one_call = ImagePreprocessor(enc.preprocessing, resize_dtype=pre.resize_dtype)(chip)
+    assert torch.equal(enc.model_input(pre(chip)[None])[0], one_call)
 
 
 def test_weights_sha256_changes_with_the_weights(tiny, tmp_path):
@@ -174,7 +182,7 @@ def test_dinov2_cls_is_first_token(encoders, chips):
     batch = _batch(enc, chips[:2])
     out = enc.encode(batch)
     with torch.no_grad():
-        hidden = enc.model(pixel_values=batch).last_hidden_state
+        hidden = enc.model(pixel_values=enc.model_input(batch)).last_hidden_state
     assert hidden.shape[1] == 1 + (224 // 14) ** 2
     torch.testing.assert_close(out["cls"], hidden[:, 0], rtol=0, atol=1e-6)
     torch.testing.assert_close(out["patch_mean"], hidden[:, 1:].mean(dim=1), rtol=0, atol=1e-6)
@@ -186,7 +194,7 @@ def test_dinov3_patch_mean_excludes_register_tokens(encoders, chips):
     batch = _batch(enc, chips[:2])
     out = enc.encode(batch)
     with torch.no_grad():
-        hidden = enc.model(pixel_values=batch).last_hidden_state
+        hidden = enc.model(pixel_values=enc.model_input(batch)).last_hidden_state
     n_patches = (224 // 16) ** 2
     assert hidden.shape[1] == 1 + 4 + n_patches  # [CLS, 4 registers, patches]
     torch.testing.assert_close(out["cls"], hidden[:, 0], rtol=0, atol=1e-6)
@@ -200,8 +208,8 @@ def test_siglip_views_match_the_model(encoders, chips):
     batch = _batch(enc, chips[:3])
     out = enc.encode(batch)
     with torch.no_grad():
-        ref = enc.model.get_image_features(pixel_values=batch)
-        vision = enc.model.vision_model(pixel_values=batch)
+        ref = enc.model.get_image_features(pixel_values=enc.model_input(batch))
+        vision = enc.model.vision_model(pixel_values=enc.model_input(batch))
     torch.testing.assert_close(out["image"], ref.pooler_output, rtol=0, atol=1e-6)
     torch.testing.assert_close(out["pooled"], vision.last_hidden_state.mean(dim=1), rtol=0, atol=1e-6)
     assert not torch.allclose(out["image"], out["pooled"], atol=1e-3)

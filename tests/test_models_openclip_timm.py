@@ -79,9 +79,10 @@ def test_clip_views_shapes_and_determinism(clip, chips):
 
 def test_clip_image_is_encode_image_and_pooled_projects_to_it(clip, chips):
     x = batch_of(clip, chips)
+    assert x.dtype == torch.uint8  # pixels cross the worker pipe as uint8; encode normalises
     out = clip.encode(x)
     with torch.no_grad():
-        reference = clip.model.encode_image(x)
+        reference = clip.model.encode_image(clip.model_input(x))
     torch.testing.assert_close(out["image"], reference, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out["pooled"] @ clip.model.visual.proj, out["image"], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(out["pooled"][:, :16], out["image"])
@@ -113,9 +114,11 @@ def test_clip_preprocessing_parity_with_open_clip_transform(clip, chips):
                                              is_train=False)
     pre = pickle.loads(pickle.dumps(clip.preprocessor()))
     for chip in chips:
-        assert_pixel_parity(pre(chip), reference(Image.fromarray(chip)), clip.model.visual.preprocess_cfg["std"])
+        assert_pixel_parity(clip.model_input(pre(chip)[None])[0], reference(Image.fromarray(chip)),
+                            clip.model.visual.preprocess_cfg["std"])
     ours = clip.encode(torch.stack([pre(c) for c in chips]))["image"]
-    theirs = clip.encode(torch.stack([reference(Image.fromarray(c)) for c in chips]))["image"]
+    with torch.no_grad():
+        theirs = clip.model.encode_image(torch.stack([reference(Image.fromarray(c)) for c in chips]))
     cos = torch.nn.functional.cosine_similarity(ours, theirs)
     assert cos.min().item() > 0.999, cos
 
@@ -172,7 +175,8 @@ def test_resnet_pooled_equals_the_saved_model(resnet, chips):
     assert set(out) == {"pooled"} and out["pooled"].shape == (2, 256)
     reference_model = others.tiny_resnet50(seed=0, num_classes=10)
     with torch.no_grad():
-        reference = reference_model.forward_head(reference_model.forward_features(x), pre_logits=True)
+        y = resnet.model_input(x)
+        reference = reference_model.forward_head(reference_model.forward_features(y), pre_logits=True)
     torch.testing.assert_close(out["pooled"], reference, atol=1e-5, rtol=1e-5)
     assert torch.equal(out["pooled"], resnet.encode(x)["pooled"])
 
@@ -202,7 +206,7 @@ def test_resnet_preprocessing_parity_with_timm_transform(resnet, chips):
     reference = timm.data.create_transform(**cfg)
     pre = resnet.preprocessor()
     for chip in chips:
-        assert_pixel_parity(pre(chip), reference(Image.fromarray(chip)), cfg["std"])
+        assert_pixel_parity(resnet.model_input(pre(chip)[None])[0], reference(Image.fromarray(chip)), cfg["std"])
 
 
 def test_resnet_single_safetensors_file(tmp_path, chips):
@@ -223,7 +227,7 @@ def test_resnet_single_safetensors_file(tmp_path, chips):
         enc = load_encoder(spec, weights=str(weights), device="cpu", precision="fp32")
         x = batch_of(enc, chips[:1])
         with torch.no_grad():
-            reference = model.forward_head(model.forward_features(x), pre_logits=True)
+            reference = model.forward_head(model.forward_features(enc.model_input(x)), pre_logits=True)
         out = enc.encode(x)["pooled"]
         assert out.shape == (1, model.num_features)
         torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
@@ -276,7 +280,7 @@ def test_supcon_checkpoint_round_trips(weights, chips):
     out = enc.encode(x)
     assert out["embedding"].shape == (2, 256) and out["projection"].shape == (2, 8)
     with torch.no_grad():
-        emb = original.forward_head(original.forward_features(x), pre_logits=True)
+        emb = original.forward_head(original.forward_features(enc.model_input(x)), pre_logits=True)
         torch.testing.assert_close(out["embedding"], emb, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out["projection"], projector(emb), atol=1e-5, rtol=1e-5)
     spec = enc.resolved_spec()

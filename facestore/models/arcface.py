@@ -31,6 +31,7 @@ dynamic batch axis (buffalo_l's does); a fixed batch of 1 is looped and ``runtim
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -172,15 +173,33 @@ def center_crop_matrix(height: int, width: int, *, fraction: float, size: int = 
     return np.array([[s, 0.0, s * (0.5 - x0) - 0.5], [0.0, s, s * (0.5 - y0) - 0.5]], dtype=np.float64)
 
 
-class ArcFacePreprocessor:
-    """Picklable: uint8 RGB chip ``(H, W, 3)`` -> float32 ``(3, 112, 112)`` ArcFace input tensor.
+# Detector sessions inherited through fork, kept alive on purpose (see ArcFacePreprocessor.detector).
+_FORKED_SESSIONS: list[Any] = []
 
-    The detector session is created lazily in the process that calls it (DataLoader workers),
-    on the CPU provider; pickling drops it.
+
+def _in_dataloader_worker() -> bool:
+    try:
+        import torch.utils.data
+
+        return torch.utils.data.get_worker_info() is not None
+    except ImportError:
+        return False
+
+
+class ArcFacePreprocessor:
+    """Picklable: uint8 RGB chip ``(H, W, 3)`` -> the aligned ``uint8 (3, 112, 112)`` RGB crop.
+
+    Normalisation, ``(x - 127.5) / 127.5``, happens in :meth:`ArcFaceEncoder.encode`, so a
+    quarter of the bytes cross from the decode workers. The detector session is created lazily
+    in the process that calls it (a DataLoader worker, or the main process with ``--workers 0``),
+    on ``detector_device``: the CUDA provider when the build runs on CUDA and onnxruntime has it,
+    else the CPU provider. In a worker it gets one intra-op thread (one worker per core already
+    fills the CPU; onnxruntime's default pool per worker would oversubscribe it). Pickling drops
+    the session.
     """
 
     def __init__(self, *, align: str, no_face: str, center_fraction: float, detector_path: str | None,
-                 input_mean: float, input_std: float) -> None:
+                 input_mean: float, input_std: float, detector_device: str = "cpu") -> None:
         if align == "detect" and detector_path is None:
             raise ValueError("arcface_align='detect' needs a detector ONNX")
         self.align = align
@@ -189,24 +208,76 @@ class ArcFacePreprocessor:
         self.detector_path = detector_path
         self.input_mean = input_mean
         self.input_std = input_std
+        self.detector_device = detector_device if align == "detect" else "cpu"
         self._detector: Any = None
+        self._detector_info: dict[str, Any] | None = None
+        self._detector_pid: int | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_detector"] = None  # onnxruntime sessions are per process
+        state["_detector_info"] = None
         return state
 
+    @property
+    def output_nbytes(self) -> int:
+        return 3 * INPUT_SIZE * INPUT_SIZE
+
+    @property
+    def uses_cuda_in_workers(self) -> bool:
+        """A CUDA detector in decode workers: they must be spawned, not forked from a CUDA process."""
+        return self.align == "detect" and self.detector_device.startswith("cuda")
+
+    def draft_min_side(self) -> int | None:
+        """Detection wants the full chip (None); the centre crop needs 112 / fraction pixels."""
+        if self.align == "detect":
+            return None
+        return int(np.ceil(INPUT_SIZE / self.center_fraction))
+
     def detector(self) -> Any:
-        """insightface's SCRFD on the CPU provider, created on first use in this process."""
+        """insightface's SCRFD on ``detector_device``, created on first use in this process."""
+        if self._detector is not None and self._detector_pid != os.getpid():
+            # Inherited through fork (a DataLoader worker of a process that had already detected):
+            # onnxruntime's thread pool does not survive a fork, so this process makes its own.
+            # The inherited session is kept, never destroyed: its destructor would wait forever
+            # on the parent's pool threads, which do not exist here.
+            _FORKED_SESSIONS.append(self._detector)
+            self._detector, self._detector_info = None, None
         if self._detector is None:
             import onnxruntime
             from insightface.model_zoo.scrfd import SCRFD
 
-            session = onnxruntime.InferenceSession(self.detector_path, providers=["CPUExecutionProvider"])
+            options = onnxruntime.SessionOptions()
+            in_worker = _in_dataloader_worker()
+            if in_worker:
+                options.intra_op_num_threads = 1
+                options.inter_op_num_threads = 1
+            providers, _ = providers_for(self.detector_device)
+            session = onnxruntime.InferenceSession(self.detector_path, sess_options=options, providers=providers)
             det = SCRFD(model_file=self.detector_path, session=session)
-            det.prepare(-1, input_size=(DET_SIZE, DET_SIZE), det_thresh=DET_THRESH)
+            on_cuda = "CUDAExecutionProvider" in session.get_providers()
+            # ctx_id < 0 makes insightface force the CPU provider; >= 0 keeps the session's own.
+            det.prepare(0 if on_cuda else -1, input_size=(DET_SIZE, DET_SIZE), det_thresh=DET_THRESH)
+            running = list(det.session.get_providers())
+            if self.detector_device.startswith("cuda") and "CUDAExecutionProvider" not in running:
+                log.warning("arcface: the detector's CUDA provider failed to load in this process; it runs on %s",
+                            running)
+            self._detector_info = {
+                "providers": running,
+                "intra_op_threads": int(options.intra_op_num_threads),  # 0: onnxruntime's default pool
+                "process": "decode worker" if in_worker else "main process",
+            }
+            log.info("arcface: detector %s in the %s runs on %s", Path(self.detector_path).name,
+                     self._detector_info["process"], running)
             self._detector = det
+            self._detector_pid = os.getpid()
         return self._detector
+
+    def runtime_info(self) -> dict[str, Any] | None:
+        """What the detector of this process actually runs on (None before its first use here)."""
+        if self._detector_info is None or self._detector_pid != os.getpid():
+            return None
+        return dict(self._detector_info)
 
     def landmarks(self, rgb: np.ndarray) -> np.ndarray | None:
         """5 landmarks ``(5, 2)`` in chip pixels, or None when no face is found."""
@@ -248,8 +319,11 @@ class ArcFacePreprocessor:
             raise ValueError(f"ArcFacePreprocessor expects a uint8 RGB array (H, W, 3), got "
                              f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
         crop = self.aligned(np.ascontiguousarray(image))
-        x = (crop.astype(np.float32) - np.float32(self.input_mean)) / np.float32(self.input_std)
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+        return torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))
+
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 ``(..., 3, 112, 112)`` -> float32 ``(x - mean) / std``, the tensor ``get_feat`` builds."""
+        return (np.asarray(pixels).astype(np.float32) - np.float32(self.input_mean)) / np.float32(self.input_std)
 
 
 class ArcFaceEncoder(Encoder):
@@ -276,12 +350,20 @@ class ArcFaceEncoder(Encoder):
         """Detection/centre alignment + normalisation; picklable, detector created per worker."""
         return self._preprocessor
 
+    def model_input(self, batch: Any) -> np.ndarray:
+        """uint8 aligned crops ``(B, 3, 112, 112)`` -> the normalised float32 array the ONNX graph takes."""
+        import torch
+
+        x = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
+        if x.dtype != np.uint8:
+            raise TypeError(f"ArcFaceEncoder.encode takes the preprocessor's uint8 crops, got {x.dtype}")
+        return np.ascontiguousarray(self._preprocessor.normalise(x))
+
     def encode(self, batch: Any) -> dict[str, Any]:
         """One ``session.run`` per batch (per image for a fixed-batch-1 ONNX); float32 CPU tensors."""
         import torch
 
-        x = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = self.model_input(batch)
         if self.dynamic_batch:
             out = self.session.run([self._output_name], {self._input_name: x})[0]
         else:
@@ -313,7 +395,9 @@ class ArcFaceEncoder(Encoder):
             "providers": list(self.session.get_providers()),
             "batching": "dynamic batch: one session.run per batch" if self.dynamic_batch
             else "fixed batch 1 in the ONNX: one session.run per image",
-            "detector_providers": ["CPUExecutionProvider"] if self._options["arcface_align"] == "detect" else [],
+            # What the detector was asked to run on; the build reports what its sessions ran on.
+            "detector_device": self._preprocessor.detector_device if self._options["arcface_align"] == "detect"
+            else None,
         }
 
 
@@ -373,6 +457,8 @@ def load(spec: ModelSpec, *, weights: Any, device: str, precision: str, options:
     preprocessor = ArcFacePreprocessor(
         align=opts["arcface_align"], no_face=opts["no_face"], center_fraction=opts["arcface_center_fraction"],
         detector_path=str(det_path) if use_detector else None, input_mean=mean, input_std=std,
+        # The detector follows the recogniser: on CUDA when the build runs there.
+        detector_device=dev if dev.startswith("cuda") else "cpu",
     )
     return ArcFaceEncoder(spec, session=session, preprocessor=preprocessor, preprocessing=preprocessing,
                           weights=weights_id, options=opts, alignment=alignment, dim=int(dim), device=dev)

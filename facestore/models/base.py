@@ -4,14 +4,19 @@ A family module (``facestore.models.<family>``) exposes ``load(spec, *, weights,
 precision, options) -> Encoder``. The build pipeline only talks to :class:`Encoder`:
 
 - ``preprocessor()`` returns a picklable callable run in DataLoader workers: it takes one
-  decoded ``uint8`` RGB array ``(H, W, 3)`` and returns a float32 tensor, or raises
-  :class:`~facestore.errors.PreprocessFailure` (the row is recorded with its reason).
-- ``encode(batch)`` takes the stacked preprocessor outputs and returns ``{view: (B, D)}``
-  float32 CPU tensors, one per view of the spec.
+  decoded ``uint8`` RGB array ``(H, W, 3)`` and returns the model's *pixels*, a ``(C, H, W)``
+  tensor that is not yet normalised (``uint8`` wherever the reference preprocessing allows it),
+  or raises :class:`~facestore.errors.PreprocessFailure` (the row is recorded with its reason).
+  Equal preprocessors (``==``) give equal pixels: a build computes and transfers them once for
+  every model that shares them.
+- ``encode(batch)`` takes the stacked preprocessor outputs (on the CPU, or already on
+  ``input_device()``), normalises them on the device and returns ``{view: (B, D)}`` float32 CPU
+  tensors, one per view of the spec. ``model_input(batch)`` is the normalised tensor the model sees.
 - ``resolved_spec()`` is the JSON-able record written into the store: the registry spec plus
   the preprocessing actually resolved from the model's own config, the weights identity
   (hub revision or sha256 of local files), pooling, compute precision and library versions.
-  It must not depend on the device, so that a build started on one machine can resume on another.
+  It must not depend on the device string, so that a build started on one machine can resume
+  on another; the build adds what else changes the bits (batch size, decoder, device type).
 """
 
 from __future__ import annotations
@@ -43,13 +48,29 @@ class Encoder(abc.ABC):
 
     spec: ModelSpec
 
+    #: True when a row's vector does not depend on the batch it was computed in (exact
+    #: arithmetic, e.g. ``pixels-32``): the batch size is then not part of the recorded run.
+    batch_invariant: bool = False
+
     @abc.abstractmethod
     def preprocessor(self) -> Callable[[np.ndarray], Any]:
-        """A picklable callable: uint8 RGB ``(H, W, 3)`` -> model input (usually a tensor)."""
+        """A picklable callable: uint8 RGB ``(H, W, 3)`` -> the model's pixels (not normalised)."""
 
     @abc.abstractmethod
     def encode(self, batch: Any) -> dict[str, Any]:
         """Forward a batch of preprocessor outputs; returns ``{view: float32 (B, D) CPU tensor}``."""
+
+    def model_input(self, batch: Any) -> Any:
+        """The normalised input the model itself receives for ``batch`` (on the model's device)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its model input")
+
+    def input_device(self) -> str | None:
+        """Where ``encode`` wants its batch (``"cuda:0"``, ``"cpu"``), or None to leave it on the CPU.
+
+        The build copies each shared pixel batch there once (pinned, non-blocking, overlapped
+        with the previous forward pass) for all the models that take it.
+        """
+        return None
 
     @abc.abstractmethod
     def resolved_spec(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from facestore.errors import WeightsNotFoundError
 from facestore.models.base import Encoder, library_versions, sha256_of_files
-from facestore.models.preprocess import ImagePreprocessor, from_hf_processor, with_source
+from facestore.models.preprocess import Normalizer, PixelPreprocessor, from_hf_processor, with_source
 from facestore.models.runtime import autocast_dtype, resolve_device, resolve_precision
 from facestore.models.spec import ModelSpec, Preprocessing
 
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 _MODEL_TYPES = {"dinov2": "dinov2", "dinov3": "dinov3_vit"}
 
 # DINOv3ViTImageProcessor rescales to float *before* resizing; the others resize the uint8 image.
+# So DINOv3's pixels cross from the workers as float32 (0..255, unrounded): a uint8 resize would
+# differ from its reference processor by up to 1/255 at edges (tests/test_preprocess_hf.py).
 _RESIZE_DTYPE = {"dinov2": "uint8", "dinov3": "float32"}
 
 # Files whose bytes define a local checkpoint (weights, configs, tokenizer); hashed for identity.
@@ -194,17 +196,25 @@ class HFViTEncoder(Encoder):
         self.precision = precision
         self.num_register_tokens = int(getattr(model.config, "num_register_tokens", 0) or 0)
         self.hidden_size = int(model.config.hidden_size)
-        self._preprocessor = ImagePreprocessor(preprocessing, resize_dtype=_RESIZE_DTYPE[spec.family])
+        self._preprocessor = PixelPreprocessor(preprocessing, resize_dtype=_RESIZE_DTYPE[spec.family])
+        self._normalize = Normalizer(preprocessing)
 
-    def preprocessor(self) -> ImagePreprocessor:
-        """uint8 RGB ``(H, W, 3)`` -> normalised float32 ``(3, 224, 224)`` (picklable)."""
+    def preprocessor(self) -> PixelPreprocessor:
+        """uint8 RGB ``(H, W, 3)`` -> pixels ``(3, 224, 224)``: uint8 (DINOv2) or float32 (DINOv3); picklable."""
         return self._preprocessor
+
+    def input_device(self) -> str:
+        return str(self.device)
+
+    def model_input(self, batch: Any) -> Any:
+        """Pixels -> normalised float32 ``pixel_values`` on the model's device."""
+        return self._normalize(batch.to(self.device, non_blocking=True))
 
     def encode(self, batch: Any) -> dict[str, Any]:
         """``{"cls", "patch_mean"}``: float32 ``(B, hidden_size)`` CPU tensors."""
         import torch
 
-        x = batch.to(self.device, non_blocking=True)
+        x = self.model_input(batch)
         dtype = autocast_dtype(self.precision)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             hidden = self.model(pixel_values=x).last_hidden_state

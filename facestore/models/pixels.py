@@ -24,10 +24,21 @@ _IMPLEMENTATION = (
 
 
 class PixelsPreprocessor:
-    """Picklable: uint8 RGB ``(H, W, 3)`` -> float32 ``(3, S, S)`` in ``[0, 1]``."""
+    """Picklable: uint8 RGB ``(H, W, 3)`` -> float32 ``(3, S, S)`` in ``[0, 1]``.
+
+    The one preprocessing that crosses the worker pipe as float32 by design: area averages are
+    not integers, and the 32x32 output is 12 KB (a 224x224 uint8 crop is 150 KB).
+    """
 
     def __init__(self, size: tuple[int, int]) -> None:
         self.size = tuple(size)
+
+    @property
+    def output_nbytes(self) -> int:
+        return 3 * int(self.size[0]) * int(self.size[1]) * 4
+
+    def draft_min_side(self) -> int:
+        return int(max(self.size))
 
     def __call__(self, image: np.ndarray) -> Any:
         import torch
@@ -54,6 +65,9 @@ class PixelsPreprocessor:
 class PixelsEncoder(Encoder):
     """Flattens the area-resized chip; no weights, always fp32 on the CPU."""
 
+    # Exact arithmetic per row: the batch a row is computed in never changes its vector.
+    batch_invariant = True
+
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         (self._view,) = [v.name for v in spec.views]
@@ -61,10 +75,13 @@ class PixelsEncoder(Encoder):
     def preprocessor(self) -> Callable[[np.ndarray], Any]:
         return PixelsPreprocessor(self.spec.preprocessing.size)
 
-    def encode(self, batch: Any) -> dict[str, Any]:
+    def model_input(self, batch: Any) -> Any:
         import torch
 
-        x = batch.to("cpu", torch.float32)
+        return batch.to("cpu", torch.float32)
+
+    def encode(self, batch: Any) -> dict[str, Any]:
+        x = self.model_input(batch)
         # (B, C, H, W) -> (B, H, W, C) -> (B, H*W*C): the documented HWC flattening.
         return {self._view: x.permute(0, 2, 3, 1).reshape(x.shape[0], -1).contiguous()}
 

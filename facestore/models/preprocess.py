@@ -1,11 +1,15 @@
 """Tensor preprocessing shared by the model families: resize, centre crop, rescale, normalise.
 
-:class:`ImagePreprocessor` turns one decoded ``uint8`` RGB array ``(H, W, 3)`` into the float32
-``(3, H', W')`` tensor a model takes, as described by a :class:`~facestore.models.spec.Preprocessing`.
-It runs in DataLoader worker processes, so it is a small picklable object and does the work the
-way transformers 5's default ("torchvision backend") image processors do it: an antialiased
-``torchvision`` resize of the ``uint8`` tensor (torch's vectorised uint8 kernels, made to match
-PIL), an integer centre crop, and one fused ``(x - mean/rescale) / (std/rescale)`` in float32.
+Two stages, so that what crosses from the decode workers to the device is small:
+
+- :class:`PixelPreprocessor` (in the DataLoader workers) turns one decoded ``uint8`` RGB array
+  ``(H, W, 3)`` into the model's pixels, ``uint8 (3, H', W')``: an antialiased ``torchvision``
+  resize of the ``uint8`` tensor (torch's vectorised uint8 kernels, made to match PIL) and an
+  integer centre crop, the way transformers 5's default ("torchvision backend") processors do it.
+- :class:`Normalizer` (on the device, inside ``Encoder.encode``) converts to float32 and applies
+  one fused ``(x - mean/rescale) * (rescale/std)``.
+
+:class:`ImagePreprocessor` chains both for callers that want model-ready float input in one call.
 That keeps parity with the reference processors (tests/test_preprocess_hf.py states the
 tolerances) at a fraction of their per-image overhead.
 
@@ -49,21 +53,29 @@ def output_size(preprocessing: Preprocessing) -> tuple[int, int]:
     return tuple(preprocessing.size)
 
 
-class ImagePreprocessor:
-    """Picklable callable: ``uint8 (H, W, 3)`` RGB numpy array -> float32 ``(3, H', W')`` tensor.
+class PixelPreprocessor:
+    """Picklable worker stage: ``uint8 (H, W, 3)`` RGB -> the model's pixels, ``(3, H', W')``, not normalised.
 
-    Follows ``preprocessing``: resize (``"shortest_edge"`` then centre crop, or ``"squash"``),
-    interpolation, rescale, per-channel mean/std and channel order. ``mean``/``std`` are given
-    in the output channel order (they are equal for every channel in the BGR model we ship).
+    Resize (``"shortest_edge"`` then centre crop, or ``"squash"``), interpolation and channel
+    order, as ``preprocessing`` says. The output is ``uint8`` when the resize runs on the
+    decoded bytes (4x less to stack, share and copy to the device than float32); it is float32
+    (values on the 0..255 scale, not rounded) when ``resize_dtype="float32"`` (DINOv3's
+    processor rescales before it resizes) or the interpolation is ``"area"`` (box averages are
+    not integers). :class:`Normalizer` finishes the job on the device.
 
-    ``resize_dtype`` is ``"uint8"`` (resize the decoded bytes, as most HF processors and PIL do)
-    or ``"float32"`` (rescale to float first, then resize, as ``DINOv3ViTImageProcessor`` does;
-    about 1/255 different at edges and slower). Families record it next to the preprocessing.
+    ``crop_rounding`` is ``"floor"`` (transformers' centre-crop offset ``int((h - ch) / 2)``) or
+    ``"round"`` (torchvision's ``CenterCrop``, used by timm and open_clip: ``round((h - ch) / 2)``).
+
+    Two equal pixel preprocessors give identical outputs, whatever the models' mean and std: a
+    build computes and transfers such pixels once for all the models that share them.
     """
 
-    def __init__(self, preprocessing: Preprocessing, *, resize_dtype: str = "uint8") -> None:
+    def __init__(self, preprocessing: Preprocessing, *, resize_dtype: str = "uint8",
+                 crop_rounding: str = "floor") -> None:
         if resize_dtype not in ("uint8", "float32"):
             raise ValueError(f"resize_dtype must be 'uint8' or 'float32', got {resize_dtype!r}")
+        if crop_rounding not in ("floor", "round"):
+            raise ValueError(f"crop_rounding must be 'floor' or 'round', got {crop_rounding!r}")
         if preprocessing.resize not in RESIZE_MODES:
             raise ValueError(
                 f"ImagePreprocessor handles resize modes {RESIZE_MODES}, got {preprocessing.resize!r}; "
@@ -77,27 +89,41 @@ class ImagePreprocessor:
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {preprocessing.channel_order!r}")
         if preprocessing.resize == "shortest_edge" and not preprocessing.resize_to:
             raise ValueError("resize='shortest_edge' needs resize_to (the target length of the short side)")
-        if any(s <= 0 for s in preprocessing.std):
-            raise ValueError(f"std must be positive per channel, got {preprocessing.std}")
-        self.preprocessing = preprocessing
+        p = preprocessing
         self.resize_dtype = resize_dtype
-        # Fused rescale + normalise, as transformers does: (x - mean/r) * (r/std) on raw 0..255 values.
-        r = float(preprocessing.rescale)
-        self._offset = np.asarray(preprocessing.mean, dtype=np.float32) / np.float32(r)
-        self._scale = np.float32(r) / np.asarray(preprocessing.std, dtype=np.float32)
+        self.crop_rounding = crop_rounding
+        # Only the geometry: mean/std/rescale belong to the Normalizer, `source` is provenance.
+        self.key = (p.resize, p.resize_to if p.resize == "shortest_edge" else None,
+                    tuple(p.crop) if p.resize == "shortest_edge" and p.crop is not None else None,
+                    tuple(p.size), p.interpolation, p.channel_order, resize_dtype,
+                    crop_rounding if p.resize == "shortest_edge" and p.crop is not None else None)
+        self.preprocessing = p
+
+    @property
+    def output_dtype(self) -> str:
+        """``"uint8"`` or ``"float32"``: what crosses the pipe for this preprocessing."""
+        return "uint8" if self.resize_dtype == "uint8" and self.preprocessing.interpolation != "area" else "float32"
+
+    @property
+    def output_nbytes(self) -> int:
+        """Bytes of one output image (sizes the shared-memory budget of a build)."""
+        h, w = output_size(self.preprocessing)
+        return 3 * h * w * (1 if self.output_dtype == "uint8" else 4)
+
+    def draft_min_side(self) -> int:
+        """The smallest decoded side that still gives this preprocessing a full-detail input."""
+        p = self.preprocessing
+        return int(p.resize_to) if p.resize == "shortest_edge" else int(max(p.size))
 
     def __repr__(self) -> str:
-        return f"ImagePreprocessor({self.preprocessing!r}, resize_dtype={self.resize_dtype!r})"
+        return (f"PixelPreprocessor({self.preprocessing!r}, resize_dtype={self.resize_dtype!r}, "
+                f"crop_rounding={self.crop_rounding!r})")
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, ImagePreprocessor)
-            and other.preprocessing == self.preprocessing
-            and other.resize_dtype == self.resize_dtype
-        )
+        return isinstance(other, PixelPreprocessor) and other.key == self.key
 
     def __hash__(self) -> int:
-        return hash((self.preprocessing, self.resize_dtype))
+        return hash(self.key)
 
     def __call__(self, image: np.ndarray) -> Any:
         import torch
@@ -109,12 +135,12 @@ class ImagePreprocessor:
                 "decode images with facestore.images.decode_image"
             )
         p = self.preprocessing
-        # (1, 3, H, W) view of the HWC buffer: channels-last memory is what torch's fast uint8
-        # antialiased resize kernels want, so no copy is made before resizing.
         if not image.flags.writeable:
             # Arrays from np.asarray(PIL image) are read-only and torch warns on wrapping them;
             # one 0.8 MB copy per 512x512 chip is cheap next to the resize.
             image = image.copy()
+        # (1, 3, H, W) view of the HWC buffer: channels-last memory is what torch's fast uint8
+        # antialiased resize kernels want (1.8x faster than a contiguous CHW input here).
         x = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
         if self.resize_dtype == "float32":
             x = x.to(torch.float32)
@@ -125,13 +151,10 @@ class ImagePreprocessor:
             target = (int(p.size[0]), int(p.size[1]))
         x = self._resize(x, target)
         if p.resize == "shortest_edge" and p.crop is not None:
-            x = _center_crop(x, (int(p.crop[0]), int(p.crop[1])))
+            x = _center_crop(x, (int(p.crop[0]), int(p.crop[1])), rounding=self.crop_rounding)
         if p.channel_order == "BGR":
             x = x.flip(1)
-        out = x[0].to(torch.float32)
-        offset = torch.from_numpy(self._offset).view(3, 1, 1)
-        scale = torch.from_numpy(self._scale).view(3, 1, 1)
-        return ((out - offset) * scale).contiguous()
+        return x[0].contiguous()
 
     def _resize(self, x: Any, target: tuple[int, int]) -> Any:
         import torch
@@ -152,12 +175,97 @@ class ImagePreprocessor:
         return tvF.resize(x, list(target), interpolation=interp, antialias=mode != "nearest")
 
 
-def _center_crop(x: Any, crop: tuple[int, int]) -> Any:
-    """Centre crop ``x`` (N, C, H, W) to ``crop``; zero-pads first when the crop is larger (as HF does)."""
+class Normalizer:
+    """Device stage: pixels ``(B, 3, H, W)`` (uint8 or float32, any device) -> normalised float32.
+
+    One fused ``(x - mean/rescale) * (rescale/std)`` on the raw 0..255 values, as transformers
+    does, with the constants in float32. Elementwise float32 arithmetic is exactly rounded on
+    every device, so normalising on the GPU gives the bits the CPU gives.
+    """
+
+    def __init__(self, preprocessing: Preprocessing) -> None:
+        if any(s <= 0 for s in preprocessing.std):
+            raise ValueError(f"std must be positive per channel, got {preprocessing.std}")
+        r = float(preprocessing.rescale)
+        self._offset = np.asarray(preprocessing.mean, dtype=np.float32) / np.float32(r)
+        self._scale = np.float32(r) / np.asarray(preprocessing.std, dtype=np.float32)
+        self._cache: dict[str, tuple[Any, Any]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_cache": {}}  # device tensors stay in their process
+
+    def __repr__(self) -> str:
+        return f"Normalizer(offset={self._offset.tolist()}, scale={self._scale.tolist()})"
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        key = str(x.device)
+        if key not in self._cache:
+            self._cache[key] = (torch.from_numpy(self._offset).view(1, 3, 1, 1).to(x.device),
+                                torch.from_numpy(self._scale).view(1, 3, 1, 1).to(x.device))
+        offset, scale = self._cache[key]
+        squeeze = x.dim() == 3
+        if squeeze:
+            x = x.unsqueeze(0)
+        out = (x.to(torch.float32) - offset) * scale
+        return out[0] if squeeze else out
+
+
+class ImagePreprocessor:
+    """Picklable callable: ``uint8 (H, W, 3)`` RGB numpy array -> normalised float32 ``(3, H', W')`` tensor.
+
+    The whole preprocessing in one call (:class:`PixelPreprocessor` then :class:`Normalizer`),
+    for code that wants model-ready float input on the CPU (SupCon encoder training, tests). The
+    build runs the two stages apart: pixels in the decode workers, normalisation on the device;
+    the values are the same bits.
+
+    ``resize_dtype`` is ``"uint8"`` (resize the decoded bytes, as most HF processors and PIL do)
+    or ``"float32"`` (rescale to float first, then resize, as ``DINOv3ViTImageProcessor`` does;
+    about 1/255 different at edges and slower). Families record it next to the preprocessing.
+    ``mean``/``std`` are given in the output channel order.
+    """
+
+    def __init__(self, preprocessing: Preprocessing, *, resize_dtype: str = "uint8",
+                 crop_rounding: str = "floor") -> None:
+        self.pixels = PixelPreprocessor(preprocessing, resize_dtype=resize_dtype, crop_rounding=crop_rounding)
+        self.normalize = Normalizer(preprocessing)
+        self.preprocessing = preprocessing
+        self.resize_dtype = resize_dtype
+
+    def __repr__(self) -> str:
+        return f"ImagePreprocessor({self.preprocessing!r}, resize_dtype={self.resize_dtype!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, ImagePreprocessor)
+            and other.preprocessing == self.preprocessing
+            and other.pixels == self.pixels
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.preprocessing, self.pixels))
+
+    def __call__(self, image: np.ndarray) -> Any:
+        return self.normalize(self.pixels(image)).contiguous()
+
+
+def _center_crop(x: Any, crop: tuple[int, int], *, rounding: str = "floor") -> Any:
+    """Centre crop ``x`` (N, C, H, W) to ``crop``.
+
+    ``rounding="floor"`` is transformers' offset (zero-padding first when the crop is larger);
+    ``"round"`` is torchvision's ``CenterCrop`` (timm, open_clip): ResNet-50 a1_in1k resizes
+    512 -> 235 and crops 224, where the two offsets differ by one pixel.
+    """
     import torch
 
     ch, cw = crop
     h, w = x.shape[-2:]
+    if rounding == "round":
+        if ch > h or cw > w:
+            raise ValueError(f"image resized to {h}x{w} is smaller than the {ch}x{cw} crop; check resize_to")
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        return x[..., top : top + ch, left : left + cw]
     if ch > h or cw > w:
         pad_h, pad_w = max(ch - h, 0), max(cw - w, 0)
         x = torch.nn.functional.pad(x, (pad_w // 2, (pad_w + 1) // 2, pad_h // 2, (pad_h + 1) // 2))

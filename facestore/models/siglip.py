@@ -32,7 +32,7 @@ from facestore.models.hf_vit import (
     resolved_record,
     weights_identity,
 )
-from facestore.models.preprocess import ImagePreprocessor
+from facestore.models.preprocess import Normalizer, PixelPreprocessor
 from facestore.models.spec import ModelSpec, Preprocessing
 
 log = logging.getLogger(__name__)
@@ -62,13 +62,21 @@ class SiglipEncoder(Encoder):
         self.weights_path = weights_path
         self.device = device
         self.precision = precision
-        self._preprocessor = ImagePreprocessor(preprocessing, resize_dtype="uint8")
+        self._preprocessor = PixelPreprocessor(preprocessing, resize_dtype="uint8")
+        self._normalize = Normalizer(preprocessing)
         self._tokenizer: Any = None
         self.text_max_length = int(model.config.text_config.max_position_embeddings)
 
-    def preprocessor(self) -> ImagePreprocessor:
-        """uint8 RGB ``(H, W, 3)`` -> normalised float32 ``(3, 224, 224)`` (picklable)."""
+    def preprocessor(self) -> PixelPreprocessor:
+        """uint8 RGB ``(H, W, 3)`` -> uint8 pixels ``(3, 224, 224)`` (picklable)."""
         return self._preprocessor
+
+    def input_device(self) -> str:
+        return str(self.device)
+
+    def model_input(self, batch: Any) -> Any:
+        """Pixels -> normalised float32 ``pixel_values`` on the model's device."""
+        return self._normalize(batch.to(self.device, non_blocking=True))
 
     def _autocast(self) -> Any:
         import torch
@@ -80,7 +88,7 @@ class SiglipEncoder(Encoder):
         """``{"image", "pooled"}``: float32 ``(B, D)`` CPU tensors from one vision forward."""
         import torch
 
-        x = batch.to(self.device, non_blocking=True)
+        x = self.model_input(batch)
         with torch.inference_mode(), self._autocast():
             out = self.model.get_image_features(pixel_values=x)
         return {

@@ -36,7 +36,6 @@ reads it back; nothing is ever unpickled.
 from __future__ import annotations
 
 import abc
-import dataclasses
 import hashlib
 import json
 import logging
@@ -78,37 +77,6 @@ def state_dict_sha256(module: Any) -> str:
     return h.hexdigest()
 
 
-class TorchvisionCropPreprocessor:
-    """Picklable: the shared :class:`ImagePreprocessor`, centre-cropping as torchvision does.
-
-    timm's and open_clip's eval transforms end in ``torchvision.transforms.CenterCrop``, whose
-    offset is ``round((size - crop) / 2)``; the shared preprocessor floors it, as transformers
-    does. ResNet-50 a1_in1k resizes 512 -> 235 and crops 224: the offsets differ by one pixel,
-    enough to move every pixel. Resize + normalise are per-pixel, so cropping last is exact.
-    """
-
-    def __init__(self, preprocessing: Preprocessing) -> None:
-        from facestore.models.preprocess import ImagePreprocessor
-
-        self.preprocessing = preprocessing
-        self.crop = preprocessing.crop if preprocessing.resize == "shortest_edge" else None
-        self._resize = ImagePreprocessor(dataclasses.replace(preprocessing, crop=None) if self.crop else preprocessing)
-
-    def __repr__(self) -> str:
-        return f"TorchvisionCropPreprocessor({self.preprocessing!r})"
-
-    def __call__(self, image: np.ndarray) -> Any:
-        x = self._resize(image)
-        if self.crop is None:
-            return x
-        ch, cw = int(self.crop[0]), int(self.crop[1])
-        h, w = x.shape[-2:]
-        if ch > h or cw > w:
-            raise ValueError(f"image resized to {h}x{w} is smaller than the {ch}x{cw} crop; check resize_to")
-        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-        return x[:, top:top + ch, left:left + cw].contiguous()
-
-
 class TorchEncoder(Encoder):
     """An :class:`Encoder` over a frozen torch module; subclasses say how a batch becomes views."""
 
@@ -134,10 +102,29 @@ class TorchEncoder(Encoder):
         self._versions = versions
         self._extra = dict(extra or {})
         self._channels_last = channels_last
+        from facestore.models.preprocess import Normalizer, PixelPreprocessor
+
+        # timm's and open_clip's eval transforms end in torchvision's CenterCrop, whose offset is
+        # round((size - crop) / 2), not transformers' floor: ResNet-50 a1_in1k resizes 512 -> 235
+        # and crops 224, where the two differ by one pixel (enough to move every pixel).
+        self._pixels = PixelPreprocessor(preprocessing, crop_rounding="round")
+        self._normalize = Normalizer(preprocessing)
 
     def preprocessor(self) -> Callable[[np.ndarray], Any]:
-        """The shared tensor preprocessing with torchvision's centre-crop rounding (timm, open_clip)."""
-        return TorchvisionCropPreprocessor(self._preprocessing)
+        """uint8 pixels with torchvision's centre-crop rounding (timm, open_clip); picklable."""
+        return self._pixels
+
+    def input_device(self) -> str:
+        return str(self._device)
+
+    def model_input(self, batch: Any) -> Any:
+        """Pixels -> normalised float32 input on the model's device (channels_last where the model is)."""
+        import torch
+
+        x = self._normalize(batch.to(self._device, non_blocking=True))
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     @abc.abstractmethod
     def _forward(self, x: Any) -> dict[str, Any]:
@@ -147,9 +134,7 @@ class TorchEncoder(Encoder):
         """Forward a ``(B, 3, H, W)`` batch under inference mode + autocast; float32 CPU views."""
         import torch
 
-        x = batch.to(self._device, non_blocking=True)
-        if self._channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.model_input(batch)
         with torch.inference_mode(), autocast(self._device, self._precision):
             out = self._forward(x)
         return {name: out[name].float().cpu() for name in self._view_dims}

@@ -70,33 +70,56 @@ def split_cmd(store_path, by, val, test, seed, seeds):
 @click.option("--split", "split_name", default=None, help="A saved split's name (default: make one from --seed).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Split seed when --split is not given.")
 @click.option("--seeds", default=1, show_default=True, type=int, help="Repeat over K splits (seeds seed..seed+K-1).")
-@click.option("--by", default="identity", show_default=True, help="How new splits group rows.")
+@click.option("--by", default="identity", show_default=True,
+              help="How new splits group rows: identity | image | pseudo-identity:<name>.")
+@click.option("--val", "val_fraction", default=0.1, show_default=True, type=float,
+              help="Validation fraction of images of new splits (with --seed or --seeds).")
+@click.option("--test", "test_fraction", default=0.2, show_default=True, type=float,
+              help="Test fraction of images of new splits (with --seed or --seeds).")
 @click.option("--names", default="all", show_default=True, help="all | top30 | topK | FILE (one name per line).")
 @click.option("--min-images", default=0, show_default=True, type=int, help="Keep names with at least N images.")
-@click.option("--balance", default="none", show_default=True, type=click.Choice(["none", "weighted", "logit-adjust"]))
+@click.option("--balance", default="none", show_default=True, type=click.Choice(["none", "weighted", "logit-adjust"]),
+              help="none; weighted (class-balanced loss); logit-adjust (decision minus tau x log prior, tau chosen "
+                   "on validation).")
 @click.option("--features", default="standardize", show_default=True,
-              type=click.Choice(["none", "standardize", "l2", "l2-standardize"]))
-@click.option("--weight-decays", default=None, help="Comma-separated AdamW weight decays (default 8 from 1e-4 to 10).")
-@click.option("--lrs", default="0.001", show_default=True, help="Comma-separated learning rates.")
-@click.option("--epochs", default=10, show_default=True, type=int)
-@click.option("--batch-size", default=1024, show_default=True, type=int)
+              type=click.Choice(["none", "standardize", "l2", "l2-standardize"]),
+              help="Feature preprocessing fitted on the fit rows.")
+@click.option("--lambdas", default=None,
+              help="Comma-separated L2 strengths lambda of mean CE + lambda/2 ||W||^2 (scikit-learn C = 1/(lambda n)); "
+                   "default 15 values from 1e-6 to 10.")
+@click.option("--weight-decays", "weight_decays", default=None, hidden=True,
+              help="Old name of --lambdas (the same L2 strengths).")
+@click.option("--solver", default="lbfgs", show_default=True, type=click.Choice(["lbfgs", "adam"]),
+              help="lbfgs: full-batch L-BFGS to convergence; adam: mini-batch Adam (explicit option).")
+@click.option("--tol", default=1e-4, show_default=True, type=float,
+              help="Convergence: max |gradient| <= tol x the intercept-only model's max |weight gradient|.")
+@click.option("--max-iter", default=1000, show_default=True, type=int, help="L-BFGS iterations per lambda.")
+@click.option("--search", default="coarse-to-fine", show_default=True, type=click.Choice(["coarse-to-fine", "full"]),
+              help="coarse-to-fine: every other lambda strong to weak, stopped once validation got worse, then the "
+                   "best value's neighbours; full: every lambda.")
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="Learning rate (--solver adam only).")
+@click.option("--max-epochs", default=100, show_default=True, type=int, help="Epochs at most (--solver adam only).")
+@click.option("--batch-size", default=1024, show_default=True, type=int, help="Batch size (--solver adam only).")
+@click.option("--lrs", default=None, hidden=True, help="Old option: one learning rate (--solver adam only).")
+@click.option("--epochs", default=None, type=int, hidden=True, help="Old name of --max-epochs (--solver adam only).")
 @click.option("--permutations", default=0, show_default=True, type=int,
-              help="Permutation null: N refits with names shuffled across identities.")
+              help="Permutation null: N refits with names shuffled across identities (also the forced-choice null).")
 @click.option("--n-boot", default=1000, show_default=True, type=int, help="Bootstrap replicates of the CIs.")
 @click.option("--save-embeddings", is_flag=True, help="Also write embeddings.npy of the test rows.")
 @click.option("--forced-choice", is_flag=True,
               help="Also report 2-/4-way forced choice (raw, prior-corrected, prior-only) in summary.json.")
 @click.option("--null-repeats", default=0, show_default=True, type=int,
-              help="Shuffled-name null repeats for the forced-choice scores.")
+              help="Forced-choice null refits on shuffled names when --permutations is 0 (else those refits serve).")
 @click.option("--device", default="auto", show_default=True, help="cpu | cuda | cuda:N | auto")
 @click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Results directory.")
 @click.option("--experiment", default=None, help="Experiment name (folder track3_{experiment}).")
-def linear_cmd(store_path, model, view, split_name, seed, seeds, by, names, min_images, balance, features,
-               weight_decays, lrs, epochs, batch_size, permutations, n_boot, save_embeddings, forced_choice,
-               null_repeats, device, threads, out, experiment):
-    """Sweep, select on val, refit on train+val, evaluate on test once, write the result folder."""
-    from probes.linear import LinearConfig, run_linear, run_linear_seeds
+def linear_cmd(store_path, model, view, split_name, seed, seeds, by, val_fraction, test_fraction, names, min_images,
+               balance, features, lambdas, weight_decays, solver, tol, max_iter, search, lr, max_epochs, batch_size,
+               lrs, epochs, permutations, n_boot, save_embeddings, forced_choice, null_repeats, device, threads, out,
+               experiment):
+    """Fit the L2 logistic-regression path, select on val, refit on train+val, evaluate on test once."""
+    from probes.linear_experiment import LinearConfig, run_linear, run_linear_seeds
     from probes.splits import get_split
 
     def floats(text):
@@ -105,11 +128,23 @@ def linear_cmd(store_path, model, view, split_name, seed, seeds, by, names, min_
         except ValueError:
             raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
 
+    if lambdas and weight_decays:
+        raise click.UsageError("give --lambdas (or its old name --weight-decays), not both")
+    grid = lambdas or weight_decays
+    if lrs is not None:
+        values = floats(lrs)
+        if len(values) != 1:
+            raise click.BadParameter("--lrs takes one learning rate now (the L-BFGS path has none)", param_hint="--lrs")
+        lr = values[0]
+    if epochs is not None:
+        max_epochs = epochs
+    if solver != "adam" and (lrs is not None or epochs is not None):
+        click.echo("warning: --lrs/--epochs/--batch-size apply to --solver adam only; ignored by lbfgs", err=True)
     config = LinearConfig(
         model=model, view=view, names=names, min_images=min_images, balance=balance, features=features,
-        weight_decays=floats(weight_decays) if weight_decays else None, lrs=floats(lrs), epochs=epochs,
-        batch_size=batch_size, permutations=permutations, n_boot=n_boot, device=device, n_threads=threads,
-        save_embeddings=save_embeddings, forced_choice=forced_choice, null_repeats=null_repeats,
+        lambdas=floats(grid) if grid else None, solver=solver, tol=tol, max_iter=max_iter, search=search, lr=lr,
+        max_epochs=max_epochs, batch_size=batch_size, permutations=permutations, n_boot=n_boot, device=device,
+        n_threads=threads, save_embeddings=save_embeddings, forced_choice=forced_choice, null_repeats=null_repeats,
     )
     try:
         store = _open(store_path, "r" if split_name else "a")
@@ -117,7 +152,7 @@ def linear_cmd(store_path, model, view, split_name, seed, seeds, by, names, min_
             if split_name:
                 raise click.UsageError("--seeds makes one split per seed; do not combine it with --split")
             agg = run_linear_seeds(store, config=config, seeds=range(seed, seed + seeds), out=out,
-                                   experiment=experiment, by=by)
+                                   experiment=experiment, by=by, val=val_fraction, test=test_fraction)
             for row in agg["per_seed"]:
                 click.echo(f"seed {row['seed']}: balanced acc {row['balanced_accuracy']:.4f} "
                            f"top-1 {row['accuracy']:.4f}  {row['path']}")
@@ -125,12 +160,16 @@ def linear_cmd(store_path, model, view, split_name, seed, seeds, by, names, min_
             click.echo(f"mean over {seeds} seeds: balanced acc {m['balanced_accuracy']:.4f} +/- "
                        f"{s['balanced_accuracy']:.4f}, top-1 {m['accuracy']:.4f} +/- {s['accuracy']:.4f}")
             return
-        split = get_split(store, split=split_name, by=by, seed=seed)
+        split = get_split(store, split=split_name, by=by, seed=seed, val=val_fraction, test=test_fraction)
         summ = run_linear(store, config=config, split=split, out=out, experiment=experiment)
     except _expected_errors() as e:
         _fail(e)
     m, ci, ch = summ["metrics"], summ["ci"], summ["chance"]
+    p = summ["probe"]
     click.echo(f"{summ['experiment']}: {m['n_test']} test images, {m['n_classes']} names")
+    click.echo(f"  lambda {p['best_params']['lambda']:.3g} (C {p['refit']['C']:.3g})"
+               + (f", tau {p['best_params']['tau']:g}" if p["best_params"].get("tau") is not None else "")
+               + f"; converged {p['converged']}")
     click.echo(f"  balanced accuracy {m['balanced_accuracy']:.4f} [{ci['balanced_accuracy'][0]:.4f}, "
                f"{ci['balanced_accuracy'][1]:.4f}]  chance {ch['uniform']:.4f}  p={summ['p_value']['balanced_accuracy']:.3g}")
     click.echo(f"  top-1 {m['accuracy']:.4f} [{ci['accuracy'][0]:.4f}, {ci['accuracy'][1]:.4f}]  "

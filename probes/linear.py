@@ -1,86 +1,80 @@
-"""Linear probes: multinomial logistic regression trained in torch, as scikit-learn estimators.
+"""Linear probes: L2-regularised multinomial logistic regression solved to convergence.
 
-:class:`LinearProbe` is one head. :class:`LinearSweep` trains a whole grid of heads (weight
-decays x learning rates) at once, as one ``(D, G*C)`` weight matrix fed the same mini-batches
-(every member's logits are one GEMM), in the spirit of dinov2's ``eval/linear.py``; it picks the
-best member on a validation set (optionally stopping the worse half of the members early,
-successive halving), extends the grid when the best value sits on its edge, chooses the
-logit-adjustment strength on validation, and refits the chosen head on train+validation.
+The objective (one head ``W`` (D, C), ``b`` (C,), on preprocessed features ``x_i``)::
 
-Optimisation is AdamW written out by hand over the batched tensors, so each member gets its own
-learning rate and decoupled weight decay while sharing every batch: a member of a sweep follows
-exactly the trajectory of a :class:`LinearProbe` fitted alone with the same parameters and
-``random_state``. Weights start at zero (the problem is convex; zero makes fits reproducible).
+    f(W, b) = sum_i s_i CE(x_i W + b, y_i) / sum_i s_i  +  (lambda / 2) ||W||_F^2
+
+``s_i`` = 1, or the class-balanced weight ``n / (C_seen * count(y_i))`` with
+``balance="weighted"``; the intercept is not penalised. This is exactly scikit-learn's
+``LogisticRegression(C=1 / (lambda * sum_i s_i))`` (lbfgs, ``l2``), so ``C = 1 / (lambda n)``
+for unweighted data. It is minimised in torch (CPU or CUDA) by full-batch L-BFGS
+(:func:`probes.solvers.lbfgs`), float32 products with float64 reductions, until the largest
+absolute entry of the gradient is at most ``tol`` times that of the intercept-only model's
+weight gradient (a scale-free version of scikit-learn's ``gtol``: the same ``tol`` means the same
+thing whether features are standardised or unit-norm, for 5 names or 500). Every fit records
+its iterations, final gradient and a ``converged`` flag.
+
+:class:`LinearProbe` is one head. :class:`LinearSweep` walks a log grid of lambdas from strong
+to weak regularisation, warm-starting each fit from its neighbour's solution and L-BFGS memory;
+by default it fits every other grid value, stops the walk once validation has got worse for
+``patience`` values in a row (and the validation log-loss with it), then fits the skipped
+neighbours of the best value (both at once, as one ``(D, 2C)`` matrix). The best value is chosen
+on validation only: the score (balanced accuracy by default), ties broken by the validation
+log-loss. A best value on the grid's edge extends the grid; the chosen head is refit on
+train+validation (warm-started, converged too).
 
 Balancing (``balance``):
 - ``none``: plain cross-entropy.
-- ``weighted``: cross-entropy weighted by n / (C * count(class)).
-- ``logit-adjust``: trained plain; at prediction ``tau * log(prior)`` is subtracted from the
-  logits (post-hoc logit adjustment, Menon et al. 2021), which stops frequent names from
-  absorbing the predictions (the plan's prediction-CV target). ``LinearSweep`` picks ``tau``.
+- ``weighted``: class-balanced sample weights (scikit-learn's ``class_weight="balanced"``).
+- ``logit-adjust``: trained plain; the *decision* subtracts ``tau * log prior`` from the logits
+  (post-hoc logit adjustment, Menon et al. 2021), with ``tau`` chosen on validation against the
+  converged model. ``predict_proba`` stays the model's own calibrated probabilities; the adjusted
+  ones are :meth:`LinearProbe.predict_proba_adjusted` (and :meth:`decision_function` are their
+  logits, which :meth:`predict` follows).
+
+Mini-batch Adam (``solver="adam"``) minimises the same objective with a full-gradient
+convergence test after each epoch; it is an explicit option, never the default.
 """
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
 import math
 import time
-from itertools import product
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from probes.errors import NotEnoughDataError, ProbeConfigError
+from probes.solvers import adam, lbfgs, lipschitz_bound, resolve_device, threads
 
 __all__ = [
     "BALANCE_MODES",
     "FEATURE_MODES",
-    "LinearConfig",
+    "SOLVERS",
     "LinearProbe",
     "LinearSweep",
-    "default_weight_decays",
-    "run_linear",
-    "run_linear_seeds",
+    "c_from_lambda",
+    "default_lambdas",
 ]
 
 FEATURE_MODES = ("none", "standardize", "l2", "l2-standardize")
 BALANCE_MODES = ("none", "weighted", "logit-adjust")
-OPTIMIZERS = ("adamw", "lbfgs")
+SOLVERS = ("lbfgs", "adam")
+SEARCHES = ("coarse-to-fine", "full")
+SCORINGS = ("balanced_accuracy", "accuracy", "macro_f1")
+DEFAULT_TOL = 1e-4
 _PREDICT_CHUNK = 65536
 
 
-def default_weight_decays(n: int = 8) -> tuple[float, ...]:
-    """``n`` log-spaced AdamW weight decays from 1e-4 to 10 (decoupled: shrink lr*wd per step)."""
-    return tuple(float(x) for x in np.logspace(-4, 1, n))
+def default_lambdas(n: int = 15, *, low: float = 1e-6, high: float = 10.0) -> tuple[float, ...]:
+    """``n`` log-spaced L2 strengths from ``low`` to ``high`` (default 15: two per decade, 1e-6..1e1)."""
+    return tuple(float(x) for x in np.logspace(math.log10(low), math.log10(high), n))
 
 
-def _resolve_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ProbeConfigError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
-    return dev
-
-
-@contextlib.contextmanager
-def _threads(n_threads: int | None):
-    """Limit torch's intra-op threads for the duration of a fit (shared machines)."""
-    import torch
-
-    if n_threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n_threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def c_from_lambda(lam: float, n: float) -> float:
+    """scikit-learn's ``C`` for this objective's ``lambda`` on ``n`` rows (or the sum of sample weights)."""
+    return 1.0 / (float(lam) * float(n))
 
 
 def _encode_labels(y, classes) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +97,7 @@ def _encode_labels(y, classes) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Features:
-    """Feature preprocessing fitted on training rows (mean/std in float64 for stability)."""
+    """Feature preprocessing fitted on the fit rows (mean/std in float64 for stability)."""
 
     def __init__(self, mode: str):
         if mode not in FEATURE_MODES:
@@ -121,8 +115,8 @@ class _Features:
             X = self._l2(X)
         if self.mode in ("standardize", "l2-standardize"):
             Xd = X.double()
-            self.mean = Xd.mean(0).float()
-            self.std = Xd.std(0).clamp_min(1e-6).float()
+            self.mean = Xd.mean(0).to(X.dtype)
+            self.std = Xd.std(0).clamp_min(1e-6).to(X.dtype)
             X = (X - self.mean) / self.std
         return X
 
@@ -133,177 +127,127 @@ class _Features:
             X = (X - self.mean.to(X.device)) / self.std.to(X.device)
         return X
 
+    def carry(self, W, b, to: _Features):
+        """The same linear function in ``to``'s feature space: warm start of a refit on other rows."""
+        if self.mean is None or to.mean is None:
+            return W, b
+        ratio = (to.std / self.std).to(W.dtype)
+        shift = ((to.mean - self.mean) / self.std).to(W.dtype)
+        return W * ratio[:, None], b + shift @ W
 
-def _class_weights(y_idx: np.ndarray, n_classes: int) -> np.ndarray:
+
+def sample_weights(y_idx: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class-balanced weights ``n / (C_seen * count(y_i))`` (scikit-learn's ``"balanced"``)."""
     counts = np.bincount(y_idx, minlength=n_classes).astype(np.float64)
-    w = np.zeros(n_classes)
     seen = counts > 0
+    w = np.zeros(n_classes)
     w[seen] = y_idx.size / (seen.sum() * counts[seen])
-    return w
+    return w[y_idx]
 
 
-def _log_prior(y_idx: np.ndarray, n_classes: int) -> np.ndarray:
-    # Laplace-smoothed so that a name absent from training gets a finite adjustment.
+def log_prior(y_idx: np.ndarray, n_classes: int) -> np.ndarray:
+    """Laplace-smoothed log class frequencies (a name absent from training gets a finite value)."""
     counts = np.bincount(y_idx, minlength=n_classes).astype(np.float64)
     return np.log((counts + 1) / (counts.sum() + n_classes))
 
 
-class _BatchedAdamW:
-    """G linear heads trained together by per-member AdamW (decoupled weight decay), cosine lr.
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
 
-    Layout: the heads are one ``(D, G*C)`` matrix, so the logits of every member are a single
-    GEMM ``X_b @ W`` and the weight gradient a single GEMM ``X_b^T @ P`` (no per-member batched
-    matmul, no permuted copies). Gradients are written in closed form (softmax - onehot), exact
-    for the cross-entropy of a linear head, which avoids autograd's bookkeeping. Members only
-    share the mini-batches, so dropping some (:meth:`keep`) leaves the others' trajectories, and
-    a member's trajectory equals that of a head trained alone with the same parameters and seed.
-    The schedule is fixed by ``epochs`` up front, so a member kept to the end sees the full cosine.
+
+def _log_loss(z: np.ndarray, y: np.ndarray) -> float:
+    """Mean cross-entropy of logits ``z`` (float64)."""
+    z = np.asarray(z, dtype=np.float64)
+    m = z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(z - m).sum(axis=1)) + m[:, 0]
+    return float(np.mean(lse - z[np.arange(len(y)), y]))
+
+
+def _gradient_scale(X, y, n_classes, w):
+    """max |weight gradient| of the intercept-only model: the size of the linear signal to fit.
+
+    At ``W = 0`` with the intercept at its optimum the predictions are the class frequencies, so
+    the weight gradient is ``X^T (pi - Y) / n``: per-class feature sums, no GEMM.
     """
-
-    _B1, _B2, _EPS = 0.9, 0.999, 1e-8
-
-    def __init__(self, X, y, *, n_classes, lrs, wds, epochs, batch_size, class_weight, seed):
-        import torch
-
-        dev = X.device
-        self.X, self.y = X.contiguous(), y
-        self.n, self.d = X.shape
-        self.c = n_classes
-        self.batch_size = int(batch_size)
-        self.members = list(range(len(lrs)))  # indices into the original grid still training
-        g = len(lrs)
-        self.W = torch.zeros(self.d, g, n_classes, device=dev)
-        self.b = torch.zeros(g, n_classes, device=dev)
-        self.mW, self.vW = torch.zeros_like(self.W), torch.zeros_like(self.W)
-        self.mb, self.vb = torch.zeros_like(self.b), torch.zeros_like(self.b)
-        self.lr0 = torch.tensor(lrs, dtype=torch.float32, device=dev)
-        self.wd = torch.tensor(wds, dtype=torch.float32, device=dev)
-        self.cw = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32, device=dev)
-        self.gen = torch.Generator().manual_seed(int(seed))
-        self.steps_per_epoch = math.ceil(self.n / self.batch_size)
-        self.total = epochs * self.steps_per_epoch
-        self.step = 0
-        self.losses: list[list[float]] = []  # per epoch, per original member (nan once dropped)
-        self._n_grid = g
-
-    def keep(self, positions) -> None:
-        """Keep only the members at ``positions`` (indices into the current members)."""
-        import torch
-
-        pos = torch.as_tensor(list(positions), dtype=torch.long, device=self.W.device)
-        self.W, self.mW, self.vW = (t.index_select(1, pos).contiguous() for t in (self.W, self.mW, self.vW))
-        self.b, self.mb, self.vb = (t.index_select(0, pos).contiguous() for t in (self.b, self.mb, self.vb))
-        self.lr0, self.wd = self.lr0[pos], self.wd[pos]
-        self.members = [self.members[int(p)] for p in pos.tolist()]
-
-    def run_epoch(self) -> None:
-        """One pass over the training rows in a fresh random order (the same for every member)."""
-        import torch
-
-        X, y, dev = self.X, self.y, self.X.device
-        g, c, d = len(self.members), self.c, self.d
-        W2 = self.W.view(d, g * c)
-        b1, b2, eps = self._B1, self._B2, self._EPS
-        perm = torch.randperm(self.n, generator=self.gen).to(dev)
-        epoch_loss = torch.zeros(g, device=dev)
-        gW = torch.empty_like(W2)
-        tmp = torch.empty_like(self.W)
-        for start in range(0, self.n, self.batch_size):
-            idx = perm[start : start + self.batch_size]
-            xb, yb = X[idx], y[idx]
-            nb = idx.numel()
-            rows = torch.arange(nb, device=dev)
-            # One fused softmax over (nb, G, C): a single pass instead of max/sub/exp/sum/div.
-            p = torch.softmax(torch.addmm(self.b.view(1, g * c), xb, W2).view(nb, g, c), dim=2)
-            p_y = p[rows, :, yb]  # (nb, G); the loss is only reported, so log of a clamped p is enough
-            if self.cw is None:
-                sw, xs, alpha = None, xb, 1.0 / nb
-            else:
-                sw = self.cw[yb]
-                sw = sw / sw.sum().clamp_min(1e-12)
-                # Weight the rows of X (nb x D) rather than of P (nb x G*C): same product, less work.
-                xs, alpha = xb * sw[:, None], 1.0
-            loss_rows = p_y.clamp_min(1e-30).log_()
-            epoch_loss -= loss_rows.mean(0) if sw is None else sw @ loss_rows
-            p[rows, :, yb] -= 1.0
-            P = p.view(nb, g * c)
-            # The mean over rows is folded into the GEMM's alpha (free) instead of a pass over P.
-            torch.addmm(gW, xs.t(), P, beta=0.0, alpha=alpha, out=gW)
-            gb = (P.sum(0) * alpha if sw is None else sw @ P).view(g, c)
-            self.step += 1
-            lr = self.lr0 * (0.5 * (1 + math.cos(math.pi * (self.step - 1) / self.total)))
-            c1, c2 = 1 - b1**self.step, 1 - b2**self.step
-            lr_col = lr.view(1, g, 1)
-            gW3 = gW.view(d, g, c)
-            self.W.mul_(1 - lr_col * self.wd.view(1, g, 1))
-            self.mW.lerp_(gW3, 1 - b1)
-            self.vW.mul_(b2).addcmul_(gW3, gW3, value=1 - b2)
-            # (m/c1) / (sqrt(v/c2) + eps) == (m * sqrt(c2)/c1) / (sqrt(v) + eps*sqrt(c2)): one pass fewer.
-            torch.sqrt(self.vW, out=tmp).add_(eps * math.sqrt(c2))
-            torch.div(self.mW, tmp, out=tmp).mul_(lr_col * (math.sqrt(c2) / c1))
-            self.W.sub_(tmp)
-            self.mb.lerp_(gb, 1 - b1)
-            self.vb.mul_(b2).addcmul_(gb, gb, value=1 - b2)
-            self.b.sub_(lr.view(g, 1) * (math.sqrt(c2) / c1) * self.mb / (self.vb.sqrt() + eps * math.sqrt(c2)))
-        row = [float("nan")] * self._n_grid
-        for m, v in zip(self.members, (epoch_loss / self.steps_per_epoch).tolist()):
-            row[m] = v
-        self.losses.append(row)
-
-    def heads(self):
-        """``(W (G, D, C), b (G, C))`` of the members still training, in :attr:`members` order."""
-        return self.W.permute(1, 0, 2).contiguous(), self.b.clone()
-
-    def logits(self, X):
-        """Logits ``(G, n, C)`` of the current members on rows ``X`` (one GEMM)."""
-        import torch
-
-        g = len(self.members)
-        z = torch.addmm(self.b.view(1, g * self.c), X, self.W.view(self.d, g * self.c))
-        return z.view(X.shape[0], g, self.c).permute(1, 0, 2)
-
-
-def _train_adamw(X, y, *, n_classes, lrs, wds, epochs, batch_size, class_weight, seed):
-    """Train G heads to the end of the schedule; returns ``(W (G, D, C), b (G, C), losses)``."""
-    trainer = _BatchedAdamW(
-        X, y, n_classes=n_classes, lrs=lrs, wds=wds, epochs=epochs, batch_size=batch_size,
-        class_weight=class_weight, seed=seed,
-    )
-    for _ in range(epochs):
-        trainer.run_epoch()
-    W, b = trainer.heads()
-    return W, b, trainer.losses
-
-
-def _train_lbfgs(X, y, *, n_classes, l2, max_iter, class_weight):
-    """Full-batch L-BFGS on mean cross-entropy + 0.5 * l2 * ||W||^2 (the CLIP paper's probe)."""
     import torch
 
-    dev = X.device
-    W = torch.zeros(X.shape[1], n_classes, device=dev, requires_grad=True)
-    b = torch.zeros(n_classes, device=dev, requires_grad=True)
-    cw = None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32, device=dev)
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, line_search_fn="strong_wolfe")
+    n = X.shape[0]
+    wt = torch.ones(n, dtype=torch.float64, device=X.device) if w is None else w.double() / w.double().sum() * n
+    Xd = X.double()
+    sums = torch.zeros(n_classes, X.shape[1], dtype=torch.float64, device=X.device)
+    sums.index_add_(0, y, Xd * wt[:, None])
+    counts = torch.zeros(n_classes, dtype=torch.float64, device=X.device).index_add_(0, y, wt)
+    pi = counts / counts.sum()
+    mean_x = (Xd * wt[:, None]).sum(0) / wt.sum()
+    g = (pi[:, None] * mean_x[None, :] - sums / wt.sum())
+    return max(float(g.abs().max()), 1e-12)
 
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(X @ W + b, y, weight=cw) + 0.5 * l2 * (W * W).sum()
-        loss.backward()
-        return loss
 
-    loss = opt.step(closure)
-    return W.detach()[None], b.detach()[None], [[float(loss.detach())]]
+class _Fitter:
+    """The preprocessed training rows and the solver call shared by a probe and a sweep."""
+
+    def __init__(self, X, y_idx, *, n_classes, features, balance, device, dtype):
+        import torch
+
+        self.device = device
+        self.dtype = dtype
+        self.n_classes = n_classes
+        self.features = _Features(features)
+        self.X = self.features.fit_transform(torch.from_numpy(X).to(device=device, dtype=dtype))
+        self.y = torch.from_numpy(y_idx).to(device)
+        self.y_idx = y_idx
+        self.sw = None
+        self.weight_total = float(len(y_idx))
+        if balance == "weighted":
+            sw = sample_weights(y_idx, n_classes)
+            self.sw = torch.from_numpy(sw).to(device=device, dtype=dtype)
+            self.weight_total = float(sw.sum())
+        self.scale = _gradient_scale(self.X, self.y, n_classes, self.sw)
+        self._L = None
+
+    @property
+    def lipschitz(self) -> float:
+        if self._L is None:
+            self._L = lipschitz_bound(self.X, None if self.sw is None else self.sw / self.sw.sum())
+        return self._L
+
+    def fit(self, lambdas, *, solver, tol, max_iter, W0=None, b0=None, memory=None, adam_options=None, seed=0):
+        """Fit one head per lambda; ``tol`` is relative (see the module docstring)."""
+        if solver == "lbfgs":
+            return lbfgs(self.X, self.y, n_classes=self.n_classes, lambdas=lambdas, sample_weight=self.sw, W0=W0,
+                         b0=b0, memory=memory, tol=tol * self.scale, max_iter=max_iter, lipschitz=self.lipschitz)
+        opts = dict(adam_options or {})
+        return adam(self.X, self.y, n_classes=self.n_classes, lambdas=lambdas, sample_weight=self.sw,
+                    tol=tol * self.scale, seed=seed, W0=W0, b0=b0, **opts)
+
+
+def _validate_common(est):
+    if est.solver not in SOLVERS:
+        raise ProbeConfigError(f"solver must be one of {SOLVERS}, got {est.solver!r}")
+    if est.balance not in BALANCE_MODES:
+        raise ProbeConfigError(f"balance must be one of {BALANCE_MODES}, got {est.balance!r}")
+    if est.features not in FEATURE_MODES:
+        raise ProbeConfigError(f"features must be one of {FEATURE_MODES}, got {est.features!r}")
+    if not (est.tol > 0) or est.max_iter < 1:
+        raise ProbeConfigError(f"tol must be > 0 and max_iter >= 1, got tol={est.tol}, max_iter={est.max_iter}")
+    if est.dtype not in ("float32", "float64"):
+        raise ProbeConfigError(f"dtype must be 'float32' or 'float64', got {est.dtype!r}")
 
 
 class LinearProbe(ClassifierMixin, BaseEstimator):
-    """Multinomial logistic regression on frozen embeddings, trained in torch (CPU or CUDA).
+    """L2-regularised multinomial logistic regression on frozen embeddings (torch, CPU or CUDA).
 
     Args:
-        optimizer: ``"adamw"`` (mini-batch, cosine schedule) or ``"lbfgs"`` (full batch).
-        lr: AdamW peak learning rate.
-        weight_decay: AdamW decoupled weight decay; for ``lbfgs`` the L2 coefficient.
-        epochs, batch_size: AdamW schedule.
-        max_iter: L-BFGS iterations.
+        l2: ``lambda`` of the objective (see the module docstring); scikit-learn's
+            ``C = 1 / (l2 * n)`` on n unweighted rows (``C_`` after fit).
+        solver: ``"lbfgs"`` (full batch, default) or ``"adam"`` (mini-batch, explicit option).
+        tol: convergence when max |gradient| <= tol x the intercept-only model's max |weight
+            gradient| (``grad_scale_``).
+        max_iter: L-BFGS iterations (``adam``: epochs are ``max_epochs``).
+        lr, max_epochs, batch_size: ``adam`` only.
         features: ``none``, ``standardize``, ``l2`` or ``l2-standardize`` (fitted on fit data).
         balance: ``none``, ``weighted`` or ``logit-adjust`` (see the module docstring).
         tau: logit-adjustment strength (only for ``balance="logit-adjust"``).
@@ -311,59 +255,61 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             the training rows); default the sorted unique training labels.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         n_threads: torch CPU threads during fit/predict (None: leave torch's setting).
-        random_state: seed of the mini-batch order.
+        dtype: ``"float32"`` (default) or ``"float64"`` for the products.
+        random_state: seed of ``adam``'s batch order (L-BFGS is deterministic).
 
     Fitted attributes: ``classes_``, ``coef_`` (D, C) and ``intercept_`` (C,) in the
-    preprocessed feature space, ``log_prior_``, ``loss_curve_``, ``n_features_in_``,
-    ``device_``, ``fit_time_``.
+    preprocessed feature space, ``log_prior_``, ``n_iter_``, ``grad_norm_`` (final max
+    |gradient|), ``grad_scale_``, ``converged_``, ``solver_message_``, ``loss_``, ``C_``,
+    ``n_features_in_``, ``device_``, ``fit_time_``.
     """
 
     def __init__(
         self,
-        optimizer: str = "adamw",
+        l2: float = 1e-3,
         *,
+        solver: str = "lbfgs",
+        tol: float = DEFAULT_TOL,
+        max_iter: int = 1000,
         lr: float = 1e-3,
-        weight_decay: float = 1e-3,
-        epochs: int = 10,
+        max_epochs: int = 100,
         batch_size: int = 1024,
-        max_iter: int = 100,
         features: str = "standardize",
         balance: str = "none",
         tau: float = 1.0,
         classes=None,
         device: str = "cpu",
         n_threads: int | None = None,
+        dtype: str = "float32",
         random_state: int | None = None,
     ):
-        self.optimizer = optimizer
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.epochs = epochs
-        self.batch_size = batch_size
+        self.l2 = l2
+        self.solver = solver
+        self.tol = tol
         self.max_iter = max_iter
+        self.lr = lr
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
         self.features = features
         self.balance = balance
         self.tau = tau
         self.classes = classes
         self.device = device
         self.n_threads = n_threads
+        self.dtype = dtype
         self.random_state = random_state
 
-    def _validate(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ProbeConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.balance not in BALANCE_MODES:
-            raise ProbeConfigError(f"balance must be one of {BALANCE_MODES}, got {self.balance!r}")
-        if self.features not in FEATURE_MODES:
-            raise ProbeConfigError(f"features must be one of {FEATURE_MODES}, got {self.features!r}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.epochs < 1 or self.batch_size < 1:
-            raise ProbeConfigError("lr must be > 0, weight_decay >= 0, epochs and batch_size >= 1")
+    def fit(self, X, y, *, init=None):
+        """Fit on features ``X`` (n, D) and labels ``y`` (names or ints); returns self.
 
-    def fit(self, X, y):
-        """Fit on features ``X`` (n, D) and labels ``y`` (names or ints); returns self."""
+        ``init``: an optional warm start ``(coef (D, C), intercept (C,))`` in the preprocessed
+        feature space of this fit (:class:`LinearSweep` passes its train-only solution).
+        """
         import torch
 
-        self._validate()
+        _validate_common(self)
+        if not (self.l2 > 0):
+            raise ProbeConfigError(f"l2 must be > 0 (an unpenalised multinomial fit can diverge), got {self.l2}")
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[0] != len(y):
             raise ValueError(f"X must be (n, D) with n = len(y); got {X.shape} and {len(y)} labels")
@@ -371,37 +317,39 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         if len(np.unique(y_idx)) < 2:
             raise NotEnoughDataError("fit needs at least two distinct classes in y")
         n_classes = len(self.classes_)
-        seed = 0 if self.random_state is None else int(self.random_state)
-        self.device_ = str(_resolve_device(self.device))
+        dev = resolve_device(self.device)
+        self.device_ = str(dev)
+        dt = torch.float32 if self.dtype == "float32" else torch.float64
         t0 = time.perf_counter()
-        with _threads(self.n_threads), torch.no_grad():
-            Xt = torch.from_numpy(X).to(self.device_)
-            self._features = _Features(self.features)
-            Xt = self._features.fit_transform(Xt)
-            yt = torch.from_numpy(y_idx).to(self.device_)
-            cw = _class_weights(y_idx, n_classes) if self.balance == "weighted" else None
-            if self.optimizer == "adamw":
-                W, b, losses = _train_adamw(
-                    Xt, yt, n_classes=n_classes, lrs=[self.lr], wds=[self.weight_decay],
-                    epochs=self.epochs, batch_size=self.batch_size, class_weight=cw, seed=seed,
-                )
-            else:
-                with torch.enable_grad():
-                    W, b, losses = _train_lbfgs(
-                        Xt, yt, n_classes=n_classes, l2=self.weight_decay,
-                        max_iter=self.max_iter, class_weight=cw,
-                    )
-        self._set_head(W[0], b[0], y_idx, n_classes)
-        self.loss_curve_ = [row[0] for row in losses]
+        with threads(self.n_threads), torch.no_grad():
+            fitter = _Fitter(X, y_idx, n_classes=n_classes, features=self.features, balance=self.balance,
+                             device=dev, dtype=dt)
+            W0 = b0 = None
+            if init is not None:
+                W0 = torch.as_tensor(np.asarray(init[0]), dtype=dt, device=dev)[:, None, :]
+                b0 = torch.as_tensor(np.asarray(init[1]), dtype=dt, device=dev)[None, :]
+            res = fitter.fit([float(self.l2)], solver=self.solver, tol=self.tol, max_iter=self.max_iter, W0=W0,
+                             b0=b0, adam_options=dict(lr=self.lr, max_epochs=self.max_epochs,
+                                                      batch_size=self.batch_size),
+                             seed=0 if self.random_state is None else int(self.random_state))
+        self._set_head(res.W[0], res.b[0], y_idx, n_classes, fitter.features)
+        self.n_iter_ = int(res.n_iter[0])
+        self.grad_norm_ = float(res.grad_norm[0])
+        self.grad_scale_ = float(fitter.scale)
+        self.converged_ = bool(res.converged[0])
+        self.solver_message_ = res.message[0]
+        self.loss_ = float(res.loss[0])
+        self.C_ = c_from_lambda(self.l2, fitter.weight_total)
         self.n_features_in_ = X.shape[1]
         self.fit_time_ = time.perf_counter() - t0
         return self
 
-    def _set_head(self, W, b, y_idx, n_classes):
+    def _set_head(self, W, b, y_idx, n_classes, features):
         self._W, self._b = W, b
+        self._features = features
         self.coef_ = W.cpu().numpy()
         self.intercept_ = b.cpu().numpy()
-        self.log_prior_ = _log_prior(y_idx, n_classes)
+        self.log_prior_ = log_prior(y_idx, n_classes)
 
     def _raw_logits(self, X):
         import torch
@@ -411,28 +359,32 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(f"X must be (n, {self.n_features_in_}), got {X.shape}")
         out = []
-        with _threads(self.n_threads), torch.no_grad():
+        dev = self.device_
+        with threads(self.n_threads), torch.no_grad():
+            W, b = self._W.to(dev), self._b.to(dev)
             for s in range(0, X.shape[0], _PREDICT_CHUNK):
-                xb = self._features.transform(torch.from_numpy(X[s : s + _PREDICT_CHUNK]).to(self.device_))
-                out.append((xb @ self._W.to(self.device_) + self._b.to(self.device_)).cpu().numpy())
+                xb = torch.from_numpy(X[s : s + _PREDICT_CHUNK]).to(device=dev, dtype=W.dtype)
+                out.append((self._features.transform(xb) @ W + b).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes_)), np.float32)
 
     def decision_function(self, X) -> np.ndarray:
-        """Logits (n, C), logit-adjusted when ``balance="logit-adjust"``; columns = ``classes_``."""
+        """Logits (n, C) of the decision: ``raw - tau * log prior`` with ``balance="logit-adjust"``."""
         logits = self._raw_logits(X)
         if self.balance == "logit-adjust":
-            logits = logits - np.float32(self.tau) * self.log_prior_.astype(np.float32)
+            logits = logits - np.asarray(self.tau * self.log_prior_, dtype=logits.dtype)
         return logits
 
     def predict_proba(self, X) -> np.ndarray:
-        """Softmax of :meth:`decision_function`; rows sum to 1."""
-        z = self.decision_function(X).astype(np.float64)
-        z -= z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        return p / p.sum(axis=1, keepdims=True)
+        """The model's own probabilities (n, C), never logit-adjusted; columns = ``classes_``."""
+        return _softmax(self._raw_logits(X))
+
+    def predict_proba_adjusted(self, X) -> np.ndarray:
+        """Softmax of :meth:`decision_function`: the logit-adjusted probabilities (equal to
+        :meth:`predict_proba` unless ``balance="logit-adjust"``)."""
+        return _softmax(self.decision_function(X))
 
     def predict(self, X) -> np.ndarray:
-        """The predicted class (a name when fitted on names) of each row."""
+        """The predicted class (a name when fitted on names) of each row: argmax of the decision."""
         scores = self.decision_function(X)
         return self.classes_[np.argmax(scores, axis=1)]
 
@@ -444,38 +396,45 @@ def _score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 class LinearSweep(ClassifierMixin, BaseEstimator):
-    """A grid of linear heads trained in one pass, the best picked on validation, then refit.
+    """The regularisation path of :class:`LinearProbe`, the best lambda picked on validation, then refit.
 
-    Every (weight decay, learning rate) pair is one member of a batched ``(G, D, C)`` head fed
-    the same mini-batches. Selection uses only the validation rows (``X_val`` / ``y_val``, or a
-    ``val_fraction`` held out from ``X`` by group when ``groups`` are given): the test split is
-    never seen. When the best weight decay (or learning rate) is the largest or smallest of the
-    grid, ``extend_steps`` more values beyond that edge are trained (at the grid's log spacing)
-    up to ``max_extensions`` times; ``grid_extensions_`` records each, and ``edge_optimum_``
-    says whether the optimum still sat on the edge at the end. With ``balance="logit-adjust"``
-    each member's ``tau`` is chosen from ``taus`` on validation too. With ``refit`` (default)
-    the chosen head is refit on train+validation (``best_estimator_``) and used by ``predict``.
+    Args:
+        lambdas: the grid (default :func:`default_lambdas`: 15 values, 1e-6 .. 10).
+        search: ``"coarse-to-fine"`` (default: every other value strong to weak, the walk stopped
+            after ``patience`` values worse than the best in score and log-loss, then the skipped
+            neighbours of the best) or ``"full"`` (every value).
+        taus: logit-adjustment strengths tried per lambda with ``balance="logit-adjust"``.
+        scoring: ``balanced_accuracy`` (default), ``accuracy`` or ``macro_f1``; ties are broken by
+            the validation log-loss (of the adjusted probabilities with logit adjustment).
+        extend_grid, extend_steps, max_extensions: when the best value is the grid's strongest or
+            weakest, fit ``extend_steps`` more values beyond it (at the grid's spacing), at most
+            ``max_extensions`` times; ``edge_optimum_`` says whether it is still on the edge.
+        val_fraction: without ``X_val``, the validation rows held out of ``X`` (by group with
+            ``groups``).
+        refit: refit the chosen lambda (and tau) on train+validation (``best_estimator_``).
+        other arguments: as :class:`LinearProbe`.
 
-    ``halving_epochs`` (e.g. ``(2, 4)`` with ``epochs=10``) turns on successive halving: after
-    each listed epoch the members still training are scored on validation and the worse half
-    stops there (``cv_results_["stopped_early"]``, ``["epochs_trained"]``); only members trained
-    to the end can be selected. The schedule of every member is the full ``epochs``-long cosine,
-    so a member that trains to the end equals an independent :class:`LinearProbe` fit. Empty
-    (default): every member trains to the end.
-
-    Fitted attributes: ``classes_``, ``cv_results_`` (dict of lists, one entry per member),
-    ``best_params_``, ``best_score_``, ``best_index_``, ``coef_grid_`` (G, D, C) and
-    ``intercept_grid_`` (G, C) of the train-only members (for a member stopped early, its head
-    at the stop), ``grid_extensions_``,
-    ``edge_optimum_``, ``best_estimator_``, ``fit_time_``, ``refit_time_``.
+    Fitted attributes: ``classes_``, ``cv_results_`` (dict of lists, one entry per fitted
+    lambda, strong to weak: ``param_lambda``, ``param_C``, ``param_tau``, ``val_score``,
+    ``val_accuracy``, ``val_balanced_accuracy``, ``val_log_loss``, ``n_iter``, ``grad_norm``,
+    ``converged``, ``solver_message``, ``stage``, ``fit_seconds``, ``rank_val_score``),
+    ``grid_`` (every grid value and whether it was fitted), ``best_params_`` (``lambda``,
+    ``tau``), ``best_score_``, ``best_index_``, ``coef_grid_`` (G, D, C) / ``intercept_grid_``
+    (G, C) of the train-only fits, ``grid_extensions_``, ``edge_optimum_``, ``converged_`` (every
+    fit, refit included), ``warnings_``, ``best_estimator_``, ``fit_time_``, ``refit_time_``.
     """
 
     def __init__(
         self,
-        weight_decays=None,
+        lambdas=None,
         *,
-        lrs=(1e-3,),
-        epochs: int = 10,
+        solver: str = "lbfgs",
+        tol: float = DEFAULT_TOL,
+        max_iter: int = 1000,
+        search: str = "coarse-to-fine",
+        patience: int = 2,
+        lr: float = 1e-3,
+        max_epochs: int = 100,
         batch_size: int = 1024,
         features: str = "standardize",
         balance: str = "none",
@@ -486,15 +445,20 @@ class LinearSweep(ClassifierMixin, BaseEstimator):
         max_extensions: int = 2,
         val_fraction: float = 0.1,
         refit: bool = True,
-        halving_epochs=(),
         classes=None,
         device: str = "cpu",
         n_threads: int | None = None,
+        dtype: str = "float32",
         random_state: int | None = None,
     ):
-        self.weight_decays = weight_decays
-        self.lrs = lrs
-        self.epochs = epochs
+        self.lambdas = lambdas
+        self.solver = solver
+        self.tol = tol
+        self.max_iter = max_iter
+        self.search = search
+        self.patience = patience
+        self.lr = lr
+        self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.features = features
         self.balance = balance
@@ -505,43 +469,40 @@ class LinearSweep(ClassifierMixin, BaseEstimator):
         self.max_extensions = max_extensions
         self.val_fraction = val_fraction
         self.refit = refit
-        self.halving_epochs = halving_epochs
         self.classes = classes
         self.device = device
         self.n_threads = n_threads
+        self.dtype = dtype
         self.random_state = random_state
 
     def _holdout(self, n, y_idx, groups, seed):
-        from sklearn.model_selection import GroupShuffleSplit, StratifiedShuffleSplit, ShuffleSplit
+        from sklearn.model_selection import GroupShuffleSplit, ShuffleSplit, StratifiedShuffleSplit
 
         if groups is not None:
             splitter = GroupShuffleSplit(n_splits=1, test_size=self.val_fraction, random_state=seed)
-            tr, va = next(splitter.split(np.zeros(n), y_idx, groups))
-        else:
-            counts = np.bincount(y_idx)
-            cls = StratifiedShuffleSplit if counts[counts > 0].min() >= 2 else ShuffleSplit
-            tr, va = next(cls(n_splits=1, test_size=self.val_fraction, random_state=seed).split(np.zeros(n), y_idx))
-        return tr, va
+            return next(splitter.split(np.zeros(n), y_idx, groups))
+        counts = np.bincount(y_idx)
+        cls = StratifiedShuffleSplit if counts[counts > 0].min() >= 2 else ShuffleSplit
+        return next(cls(n_splits=1, test_size=self.val_fraction, random_state=seed).split(np.zeros(n), y_idx))
+
+    def _validate(self):
+        _validate_common(self)
+        if self.search not in SEARCHES:
+            raise ProbeConfigError(f"search must be one of {SEARCHES}, got {self.search!r}")
+        if self.scoring not in SCORINGS:
+            raise ProbeConfigError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
+        grid = default_lambdas() if self.lambdas is None else tuple(float(v) for v in self.lambdas)
+        if not grid or min(grid) <= 0 or not all(math.isfinite(v) for v in grid):
+            raise ProbeConfigError(f"lambdas must be non-empty, finite and > 0, got {self.lambdas!r}")
+        if self.patience < 1:
+            raise ProbeConfigError(f"patience must be >= 1, got {self.patience}")
+        return sorted(set(grid), reverse=True)  # strong to weak: the path's direction
 
     def fit(self, X, y, *, X_val=None, y_val=None, groups=None):
-        """Train the grid on ``X``/``y``, select on ``X_val``/``y_val``, refit on both; returns self."""
+        """Fit the path on ``X``/``y``, select on ``X_val``/``y_val``, refit on both; returns self."""
         import torch
 
-        if self.balance not in BALANCE_MODES:
-            raise ProbeConfigError(f"balance must be one of {BALANCE_MODES}, got {self.balance!r}")
-        if self.scoring not in ("balanced_accuracy", "accuracy", "macro_f1"):
-            raise ProbeConfigError(f"scoring must be balanced_accuracy, accuracy or macro_f1, got {self.scoring!r}")
-        wds = list(default_weight_decays() if self.weight_decays is None else self.weight_decays)
-        lrs = list(self.lrs)
-        if not wds or not lrs or min(wds) < 0 or min(lrs) <= 0:
-            raise ProbeConfigError("weight_decays must be non-empty and >= 0, lrs non-empty and > 0")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ProbeConfigError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
-        rungs = sorted({int(e) for e in self.halving_epochs})
-        if rungs and (rungs[0] < 1 or rungs[-1] >= self.epochs):
-            raise ProbeConfigError(
-                f"halving_epochs must lie in 1..epochs-1 = 1..{self.epochs - 1}, got {tuple(self.halving_epochs)}"
-            )
+        grid = self._validate()
         X = np.asarray(X, dtype=np.float32)
         self.classes_, y_idx = _encode_labels(y, self.classes)
         n_classes = len(self.classes_)
@@ -560,139 +521,95 @@ class LinearSweep(ClassifierMixin, BaseEstimator):
         if len(np.unique(y_tr)) < 2 or X_va.shape[0] == 0:
             raise NotEnoughDataError("the sweep needs two classes in training and a non-empty validation set")
         taus = [float(t) for t in self.taus] if self.balance == "logit-adjust" else [None]
-        self.device_ = str(_resolve_device(self.device))
-        log_prior = _log_prior(y_tr, n_classes).astype(np.float32)
-        cw = _class_weights(y_tr, n_classes) if self.balance == "weighted" else None
+        if not taus:
+            raise ProbeConfigError("taus must be non-empty with balance='logit-adjust'")
+        dev = resolve_device(self.device)
+        self.device_ = str(dev)
+        dt = torch.float32 if self.dtype == "float32" else torch.float64
+        lp = log_prior(y_tr, n_classes)
         t0 = time.perf_counter()
-        members: list[tuple[float, float]] = []
-        Ws, bs, scores_rows = [], [], []
-        with _threads(self.n_threads), torch.no_grad():
-            feats = _Features(self.features)
-            Xt = feats.fit_transform(torch.from_numpy(X_tr).to(self.device_))
-            Xv = feats.transform(torch.from_numpy(X_va).to(self.device_))
-            yt = torch.from_numpy(y_tr).to(self.device_)
-
-            def score(z, m, epoch):
-                """The validation row of member ``m`` from its logits ``z`` (tau chosen here too)."""
-                best = None
-                for tau in taus:
-                    zz = z if tau is None else z - tau * log_prior
-                    pred = zz.argmax(1)
-                    row = {
-                        "weight_decay": m[0], "lr": m[1], "tau": tau,
-                        "val_score": _score(self.scoring, yv_idx, pred),
-                        "val_accuracy": _score("accuracy", yv_idx, pred),
-                        "val_balanced_accuracy": _score("balanced_accuracy", yv_idx, pred),
-                        "epochs_trained": epoch, "stopped_early": epoch < self.epochs,
-                    }
-                    if best is None or row["val_score"] > best["val_score"]:
-                        best = row
-                return best
-
-            def train(new):
-                trainer = _BatchedAdamW(
-                    Xt, yt, n_classes=n_classes, lrs=[m[1] for m in new], wds=[m[0] for m in new],
-                    epochs=self.epochs, batch_size=self.batch_size, class_weight=cw, seed=seed,
-                )
-                rows, W_out, b_out = [None] * len(new), [None] * len(new), [None] * len(new)
-                for epoch in range(1, self.epochs + 1):
-                    trainer.run_epoch()
-                    last = epoch == self.epochs
-                    if not last and (epoch not in rungs or len(trainer.members) < 2):
-                        continue
-                    logits = trainer.logits(Xv)
-                    current = [score(logits[i].cpu().numpy(), new[m], epoch) for i, m in enumerate(trainer.members)]
-                    keep = set(range(len(current)))
-                    if not last:
-                        # Successive halving: the better half on validation (same tie-break as the
-                        # final selection) trains on; the rest stop here, recorded as stopped early.
-                        order = sorted(keep, key=lambda i: (current[i]["val_score"], current[i]["weight_decay"]))
-                        keep = set(order[len(order) // 2 :])
-                    W, b = trainer.heads()
-                    for i, m in enumerate(trainer.members):
-                        if last or i not in keep:
-                            rows[m], W_out[m], b_out[m] = current[i], W[i].cpu().numpy(), b[i].cpu().numpy()
-                    if not last:
-                        trainer.keep(sorted(keep))
-                scores_rows.extend(rows)
-                Ws.extend(W_out)
-                bs.extend(b_out)
-                members.extend(new)
-
-            train(list(product(wds, lrs)))
-            self.grid_extensions_ = []
-            for _ in range(self.max_extensions if self.extend_grid else 0):
-                best = self._best(scores_rows)
-                new = []
-                for key, values in (("weight_decay", wds), ("lr", lrs)):
-                    added = _extend(values, scores_rows[best][key], self.extend_steps)
-                    if added:
-                        edge = "high" if added[0] > max(values) else "low"
-                        self.grid_extensions_.append({"param": key, "edge": edge, "added": added})
-                        values.extend(added)
-                        values.sort()
-                        other = lrs if key == "weight_decay" else wds
-                        new += [(a, o) if key == "weight_decay" else (o, a) for a in added for o in other]
-                new = [m for m in dict.fromkeys(new) if m not in members]
-                if not new:
-                    break
-                train(new)
-        best = self._best(scores_rows)
-        self.edge_optimum_ = any(
-            _extend(vals, scores_rows[best][key], 1) for key, vals in (("weight_decay", wds), ("lr", lrs))
-        )
+        with threads(self.n_threads), torch.no_grad():
+            fitter = _Fitter(X_tr, y_tr, n_classes=n_classes, features=self.features, balance=self.balance,
+                             device=dev, dtype=dt)
+            Xv = fitter.features.transform(torch.from_numpy(X_va).to(device=dev, dtype=dt))
+            path = _Path(self, fitter, Xv, yv_idx, taus, lp, seed)
+            path.run(grid)
+        self._fitter_features = fitter.features
         self.fit_time_ = time.perf_counter() - t0
-        self.coef_grid_ = np.stack(Ws)
-        self.intercept_grid_ = np.stack(bs)
-        self.members_ = members
-        # Rank with the same tie-break as the selection (stronger weight decay first); members
-        # stopped early by successive halving rank after every member trained to the end.
-        order = np.lexsort((
-            [-r["weight_decay"] for r in scores_rows], [-r["val_score"] for r in scores_rows],
-            [-r["epochs_trained"] for r in scores_rows],
-        ))
-        rank = np.empty(len(order), dtype=int)
-        rank[order] = np.arange(1, len(order) + 1)
+        rows = path.rows
+        order = sorted(range(len(rows)), key=lambda i: -rows[i]["lambda"])
+        rows = [rows[i] for i in order]
+        best = select(rows, self.scoring)
+        self.coef_grid_ = np.stack([path.heads[i][0] for i in order])
+        self.intercept_grid_ = np.stack([path.heads[i][1] for i in order])
+        self._best_head = path.heads[order[best]]
+        rank = np.empty(len(rows), dtype=int)
+        rank[sorted(range(len(rows)), key=lambda i: (rows[i]["val_score"], -rows[i]["val_log_loss"]),
+                    reverse=True)] = np.arange(1, len(rows) + 1)
+        keys = ("val_score", "val_score_se", "val_accuracy", "val_balanced_accuracy", "val_log_loss",
+                "val_balanced_log_loss", "n_iter", "grad_norm", "converged", "solver_message", "stage",
+                "fit_seconds")
         self.cv_results_ = {
-            "params": [{"weight_decay": r["weight_decay"], "lr": r["lr"], "tau": r["tau"]} for r in scores_rows],
-            "param_weight_decay": [r["weight_decay"] for r in scores_rows],
-            "param_lr": [r["lr"] for r in scores_rows],
-            "param_tau": [r["tau"] for r in scores_rows],
-            "val_score": [r["val_score"] for r in scores_rows],
-            "val_accuracy": [r["val_accuracy"] for r in scores_rows],
-            "val_balanced_accuracy": [r["val_balanced_accuracy"] for r in scores_rows],
+            "params": [{"lambda": r["lambda"], "tau": r["tau"]} for r in rows],
+            "param_lambda": [r["lambda"] for r in rows],
+            "param_C": [c_from_lambda(r["lambda"], fitter.weight_total) for r in rows],
+            "param_tau": [r["tau"] for r in rows],
+            **{k: [r[k] for r in rows] for k in keys},
+            "val_score_by_tau": [r["by_tau"] for r in rows],
             "rank_val_score": rank.tolist(),
-            "epochs_trained": [r["epochs_trained"] for r in scores_rows],
-            "stopped_early": [r["stopped_early"] for r in scores_rows],
         }
+        fitted = {r["lambda"] for r in rows}
+        self.grid_ = [{"lambda": v, "fitted": v in fitted} for v in sorted(set(grid) | fitted, reverse=True)]
+        self.grid_extensions_ = path.extensions
+        self.edge_optimum_ = path.edge_optimum(rows[best]["lambda"])
         self.best_index_ = int(best)
         self.best_params_ = dict(self.cv_results_["params"][best])
-        self.best_score_ = float(scores_rows[best]["val_score"])
+        self.best_score_ = float(rows[best]["val_score"])
         self.n_features_in_ = X.shape[1]
+        self.path_stopped_ = path.stopped
+        warns = []
+        bad = [r for r in rows if not r["converged"]]
+        if bad:
+            warns.append(f"{len(bad)} of {len(rows)} lambda fits did not converge (tol {self.tol:g}): "
+                         + "; ".join(f"lambda {r['lambda']:.3g}: {r['solver_message']}" for r in bad[:3]))
+        if self.edge_optimum_:
+            warns.append(f"the best lambda {rows[best]['lambda']:.3g} is on the edge of the grid "
+                         f"{'after extending it' if self.extend_grid else '(extension off)'}")
+        self.refit_time_ = 0.0
         if self.refit:
             t1 = time.perf_counter()
-            self.best_estimator_ = self.make_probe().fit(
-                np.concatenate([X_tr, X_va]), self.classes_[np.concatenate([y_tr, yv_idx])]
-            )
+            X_all = np.concatenate([X_tr, X_va])
+            y_all = self.classes_[np.concatenate([y_tr, yv_idx])]
+            probe = self.make_probe()
+            init = self._refit_init(probe, X_all, dt, dev)
+            self.best_estimator_ = probe.fit(X_all, y_all, init=init)
             self.refit_time_ = time.perf_counter() - t1
+            if not self.best_estimator_.converged_:
+                warns.append(f"the refit on train+validation did not converge: {self.best_estimator_.solver_message_}")
+        self.converged_ = not bad and (not self.refit or self.best_estimator_.converged_)
+        self.warnings_ = warns
         return self
 
-    @staticmethod
-    def _best(rows) -> int:
-        # Only members trained to the end compete: a member stopped by successive halving was
-        # scored mid-schedule. Ties go to the stronger weight decay (the simpler model).
-        done = [i for i in range(len(rows)) if not rows[i]["stopped_early"]]
-        return max(done, key=lambda i: (rows[i]["val_score"], rows[i]["weight_decay"]))
+    def _refit_init(self, probe, X_all, dt, dev):
+        """The train-only solution, mapped to the train+validation feature space (a warm start)."""
+        import torch
+
+        W = torch.as_tensor(self._best_head[0], dtype=dt)
+        b = torch.as_tensor(self._best_head[1], dtype=dt)
+        to = _Features(probe.features)
+        to.fit_transform(torch.from_numpy(X_all).to(dtype=dt))
+        W, b = self._fitter_features.carry(W, b, to)
+        return W.numpy(), b.numpy()
 
     def make_probe(self) -> LinearProbe:
-        """An unfitted :class:`LinearProbe` with the selected parameters."""
+        """An unfitted :class:`LinearProbe` with the selected lambda (and tau)."""
         check_is_fitted(self, "best_params_")
         p = self.best_params_
         return LinearProbe(
-            "adamw", lr=p["lr"], weight_decay=p["weight_decay"], epochs=self.epochs,
-            batch_size=self.batch_size, features=self.features, balance=self.balance,
+            p["lambda"], solver=self.solver, tol=self.tol, max_iter=self.max_iter, lr=self.lr,
+            max_epochs=self.max_epochs, batch_size=self.batch_size, features=self.features, balance=self.balance,
             tau=1.0 if p["tau"] is None else p["tau"], classes=self.classes_, device=self.device,
-            n_threads=self.n_threads, random_state=self.random_state,
+            n_threads=self.n_threads, dtype=self.dtype, random_state=self.random_state,
         )
 
     def _est(self) -> LinearProbe:
@@ -700,221 +617,185 @@ class LinearSweep(ClassifierMixin, BaseEstimator):
         return self.best_estimator_
 
     def decision_function(self, X):
-        """Logits of the refit best head."""
+        """Logits of the refit head's decision (logit-adjusted with ``balance="logit-adjust"``)."""
         return self._est().decision_function(X)
 
     def predict_proba(self, X):
-        """Probabilities of the refit best head."""
+        """The refit head's own probabilities (never logit-adjusted)."""
         return self._est().predict_proba(X)
 
+    def predict_proba_adjusted(self, X):
+        """The refit head's logit-adjusted probabilities (softmax of :meth:`decision_function`)."""
+        return self._est().predict_proba_adjusted(X)
+
     def predict(self, X):
-        """Names predicted by the refit best head."""
+        """Names predicted by the refit head (argmax of the decision)."""
         return self._est().predict(X)
 
 
-def _extend(values, best, steps: int) -> list[float]:
-    """Values beyond the grid edge where ``best`` sits; [] when it is interior or the grid is 1 point."""
-    vals = sorted(set(values))
-    if len(vals) < 2 or steps < 1:
-        return []
-    if best == vals[-1]:
-        ratio = vals[-1] / vals[-2] if vals[-2] > 0 else 10.0
-        return [float(best * ratio**k) for k in range(1, steps + 1)]
-    if best == vals[0] and best > 0:  # zero is the natural floor of a weight decay
-        ratio = vals[1] / vals[0]
-        return [float(best / ratio**k) for k in range(1, steps + 1)]
-    return []
+def _validation_metrics(z: np.ndarray, y: np.ndarray, scoring: str) -> dict:
+    """Validation score, its standard error and the log-losses of one head's decision logits ``z``."""
+    pred = z.argmax(1)
+    present, inv = np.unique(y, return_inverse=True)
+    support = np.bincount(inv, minlength=present.size).astype(np.float64)
+    recall = np.bincount(inv, weights=(pred == y), minlength=present.size) / support
+    acc = float(np.mean(pred == y))
+    m = z.max(axis=1, keepdims=True)
+    ce = np.log(np.exp(z - m).sum(axis=1)) + m[:, 0] - z[np.arange(len(y)), y]
+    score = _score(scoring, y, pred)
+    if scoring == "accuracy":
+        se = math.sqrt(max(acc * (1 - acc), 1e-12) / len(y))
+    else:  # balanced accuracy (macro F1 borrows its error: both are means over names)
+        se = math.sqrt(float(np.sum(recall * (1 - recall) / support))) / present.size
+    return {"val_score": score, "val_score_se": se, "val_accuracy": acc,
+            "val_balanced_accuracy": float(recall.mean()), "val_log_loss": float(ce.mean()),
+            "val_balanced_log_loss": float(np.mean(np.bincount(inv, weights=ce) / support))}
 
 
-# --------------------------------------------------------------------------- the linear experiment
-@dataclass(frozen=True)
-class LinearConfig:
-    """Everything that defines one linear-probe experiment (recorded in config.json)."""
-
-    model: str
-    view: str | None = None
-    names: str = "all"
-    min_images: int = 0
-    balance: str = "none"
-    features: str = "standardize"
-    weight_decays: tuple[float, ...] | None = None
-    lrs: tuple[float, ...] = (1e-3,)
-    epochs: int = 10
-    batch_size: int = 1024
-    taus: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
-    scoring: str = "balanced_accuracy"
-    extend_grid: bool = True
-    permutations: int = 0
-    n_boot: int = 1000
-    device: str = "auto"
-    n_threads: int | None = None
-    save_embeddings: bool = False
-    forced_choice: bool = False
-    null_repeats: int = 0
-    random_state: int = 0
-
-    def sweep(self, classes) -> LinearSweep:
-        """The unfitted sweep this config describes."""
-        return LinearSweep(
-            self.weight_decays, lrs=self.lrs, epochs=self.epochs, batch_size=self.batch_size,
-            features=self.features, balance=self.balance, taus=self.taus, scoring=self.scoring,
-            extend_grid=self.extend_grid, classes=np.asarray(classes), device=self.device,
-            n_threads=self.n_threads, random_state=self.random_state,
-        )
-
-
-def default_experiment_name(config: LinearConfig) -> str:
-    """``{model}[-{view}]_linear_{names}[_{balance}]``, a plain folder name."""
-    from pathlib import Path
-
-    task = Path(config.names).stem if config.names not in ("all",) and not config.names.startswith("top") else config.names
-    parts = [config.model + (f"-{config.view}" if config.view else ""), "linear", task]
-    if config.balance != "none":
-        parts.append(config.balance)
-    return "_".join(parts).replace("/", "-")
-
-
-def run_linear(
-    store, *, config: LinearConfig, split, out, experiment: str | None = None, seed_group: str | None = None
-) -> dict:
-    """Run one linear-probe experiment on one split and write its result folder.
-
-    Protocol: the sweep (weight decay, learning rate, logit-adjust tau) is selected on the
-    split's val rows, the chosen head is refit on train+val and scores the test rows once. With
-    ``config.permutations`` N > 0 the whole procedure is repeated N times with names shuffled
-    across train+val identities (test labels kept) to give a permutation null.
-    ``seed_group`` names the multi-seed experiment this run belongs to (``probes compare``
-    reports mean and spread over a group). Returns the summary (see
-    :func:`probes.evaluation.finish_experiment`).
+def select(rows, scoring: str) -> int:
+    """The index of the selected row: the lowest validation loss among the rows whose score is
+    within one standard error of the best score (differences inside the validation noise are
+    ties), so a noisy score curve cannot pick an over- or under-fitted lambda; never "the more
+    regularised". The loss is the class-balanced log-loss for balanced accuracy and macro F1
+    (the proper scoring rule of the balanced error), the plain log-loss for accuracy.
     """
-    from probes import stats
-    from probes.data import load_xy
-    from probes.evaluation import finish_experiment
-    from probes.metrics import balanced_accuracy
-    from probes.names import resolve_names
-
-    experiment = experiment or default_experiment_name(config)
-    log = [f"linear probe {experiment}: store {store.path} model {config.model} split {split.name}"]
-    t0 = time.perf_counter()
-    task = resolve_names(store, config.names, min_images=config.min_images)
-    kw = dict(view=config.view, split=split, names=task)
-    tr = load_xy(store, config.model, subset="train", **kw)
-    va = load_xy(store, config.model, subset="val", **kw)
-    te = load_xy(store, config.model, subset="test", **kw)
-    t_load = time.perf_counter() - t0
-    log.append(f"rows train {len(tr)} val {len(va)} test {len(te)}, names {len(task.names)}, dim {tr.X.shape[1]}")
-    names = np.asarray(task.names)
-    sweep = config.sweep(names).fit(tr.X, names[tr.y], X_val=va.X, y_val=names[va.y])
-    log.append(
-        f"device {sweep.best_estimator_.device_}; best {sweep.best_params_} val {config.scoring} "
-        f"{sweep.best_score_:.4f}; grid extensions {sweep.grid_extensions_}"
-    )
-    t1 = time.perf_counter()
-    scores = sweep.predict_proba(te.X)
-    t_pred = time.perf_counter() - t1
-    trainval_y = np.concatenate([tr.y, va.y])
-    permutation = None
-    if config.permutations > 0:
-        both_groups = None if tr.groups is None else np.concatenate([tr.groups, va.groups])
-        X_tv = np.concatenate([tr.X, va.X])
-        n_tr = len(tr)
-
-        def fit_and_score(y_perm, i):
-            s = config.sweep(names).fit(X_tv[:n_tr], names[y_perm[:n_tr]], X_val=X_tv[n_tr:], y_val=names[y_perm[n_tr:]])
-            pred = np.argmax(s.decision_function(te.X), axis=1)
-            log.append(f"permutation {i}: test balanced accuracy {balanced_accuracy(te.y, pred):.4f}")
-            return balanced_accuracy(te.y, pred)
-
-        t2 = time.perf_counter()
-        null = stats.run_permutation_null(
-            fit_and_score, trainval_y, both_groups, n=config.permutations, seed=config.random_state
-        )
-        permutation = {"null": null, "metric": "balanced_accuracy", "seconds": time.perf_counter() - t2}
-    cfg = {
-        "family": "linear",
-        "experiment": experiment,
-        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
-        "view": te.view,
-        "name_task": task.info(),
-        "probe": {
-            "estimator": "LinearSweep",
-            "best_params": sweep.best_params_,
-            "best_val_score": sweep.best_score_,
-            "validation": sweep.validation_,
-            "grid_extensions": sweep.grid_extensions_,
-            "edge_optimum": sweep.edge_optimum_,
-            "device": sweep.best_estimator_.device_,
-        },
-    }
-    extra = {"cv_results": sweep.cv_results_, "seed_group": seed_group}
-    if config.forced_choice:
-        from probes.forced_choice import forced_choice_report
-
-        extra["forced_choice"] = forced_choice_report(scores, te.y, train_labels=trainval_y, groups=te.groups,
-                                                      seed=config.random_state, null_repeats=config.null_repeats)
-    warnings = []
-    if sweep.edge_optimum_:
-        warnings.append("the best weight decay / learning rate is still on the edge of the extended grid")
-    return finish_experiment(
-        out,
-        experiment=experiment,
-        scores=scores,
-        y_true=te.y,
-        names=task.names,
-        image_ids=te.image_ids,
-        groups=te.groups,
-        train_labels=trainval_y,
-        config=cfg,
-        split_info=split.info(),
-        store_path=store.path,
-        model_spec=store.model_spec(config.model),
-        timings={
-            "load_s": t_load, "sweep_s": sweep.fit_time_, "refit_s": sweep.refit_time_,
-            "predict_s": t_pred, "permutation_s": permutation["seconds"] if permutation else 0.0,
-        },
-        name_task=task.spec,
-        embeddings=te.X if config.save_embeddings else None,
-        n_boot=config.n_boot,
-        seed=config.random_state,
-        permutation=permutation,
-        warnings=warnings,
-        extra=extra,
-        log=log,
-    )
+    loss = "val_log_loss" if scoring == "accuracy" else "val_balanced_log_loss"
+    top = max(range(len(rows)), key=lambda i: (rows[i]["val_score"], -rows[i][loss]))
+    cut = rows[top]["val_score"] - rows[top]["val_score_se"]
+    tied = [i for i in range(len(rows)) if rows[i]["val_score"] >= cut]
+    return min(tied, key=lambda i: (rows[i][loss], -rows[i]["val_score"]))
 
 
-def run_linear_seeds(store, *, config: LinearConfig, seeds, out, experiment: str | None = None,
-                     by: str = "identity", val: float = 0.1, test: float = 0.2) -> dict:
-    """:func:`run_linear` over one split per seed; per-seed folders ``track3_{experiment}-seed{k}``.
+class _Path:
+    """One walk along the regularisation path of a :class:`LinearSweep` (its fitted rows and heads)."""
 
-    Returns ``{"experiment", "seeds", "per_seed": [summary...], "mean", "std"}`` over the
-    headline metrics and writes it to ``out/track3_{experiment}-seeds.json``.
-    """
-    import json
-    from pathlib import Path
+    def __init__(self, sweep: LinearSweep, fitter: _Fitter, Xv, yv, taus, lp, seed):
+        self.s = sweep
+        self.fitter = fitter
+        self.Xv, self.yv, self.taus, self.lp, self.seed = Xv, yv, taus, lp.astype(np.float32), seed
+        self.rows: list[dict] = []
+        self.heads: list[tuple[np.ndarray, np.ndarray]] = []
+        self.state: dict[float, tuple] = {}  # lambda -> (W (D,1,C), b (1,C), memory) for warm starts
+        self.extensions: list[dict] = []
+        self.stopped: str | None = None
+        self.grid: list[float] = []
 
-    from probes.splits import get_split
+    def _fit(self, lambdas, start, stage):
+        """Fit ``lambdas`` (one batch) from the warm start of the solved lambda ``start`` (or zeros)."""
+        import torch
 
-    experiment = experiment or default_experiment_name(config)
-    per_seed = []
-    for s in seeds:
-        split = get_split(store, by=by, seed=int(s), val=val, test=test)
-        summ = run_linear(
-            store, config=config, split=split, out=out, experiment=f"{experiment}-seed{s}", seed_group=experiment
-        )
-        per_seed.append(summ)
-    keys = ("balanced_accuracy", "accuracy", "top5_accuracy", "macro_f1", "prediction_cv")
-    table = {k: np.array([p["metrics"][k] for p in per_seed]) for k in keys}
-    agg = {
-        "experiment": experiment,
-        "seeds": [int(s) for s in seeds],
-        "mean": {k: float(v.mean()) for k, v in table.items()},
-        "std": {k: float(v.std(ddof=1)) if v.size > 1 else 0.0 for k, v in table.items()},
-        "per_seed": [
-            {"seed": int(s), "path": p["path"], "split": p["split"]["name"], **{k: p["metrics"][k] for k in keys}}
-            for s, p in zip(seeds, per_seed)
-        ],
-    }
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / f"track3_{experiment}-seeds.json").write_text(json.dumps(agg, indent=2) + "\n")
-    return agg
+        W0 = b0 = memory = None
+        if start is not None:
+            W, b, mem = self.state[start]
+            g = len(lambdas)
+            W0, b0 = W.expand(-1, g, -1).contiguous(), b.expand(g, -1).contiguous()
+            if mem is not None:
+                memory = mem.for_lambdas(lambdas, members=[0] * g)
+        t0 = time.perf_counter()
+        res = self.fitter.fit(lambdas, solver=self.s.solver, tol=self.s.tol, max_iter=self.s.max_iter, W0=W0, b0=b0,
+                              memory=memory, adam_options=dict(lr=self.s.lr, max_epochs=self.s.max_epochs,
+                                                               batch_size=self.s.batch_size), seed=self.seed)
+        secs = (time.perf_counter() - t0) / len(lambdas)
+        for g, lam in enumerate(lambdas):
+            W, b = res.W[g], res.b[g]
+            mem = None if res.memory is None else res.memory.for_lambdas([lam], members=[g])
+            self.state[lam] = (W[:, None, :], b[None, :], mem)
+            zv = (self.Xv @ W + b).cpu().numpy().astype(np.float64)
+            self.rows.append({"lambda": lam, **self._score(zv), "n_iter": int(res.n_iter[g]),
+                              "grad_norm": float(res.grad_norm[g]) / self.fitter.scale,
+                              "converged": bool(res.converged[g]), "solver_message": res.message[g],
+                              "stage": stage, "fit_seconds": secs})
+            self.heads.append((W.cpu().numpy(), b.cpu().numpy()))
+        self._prune(lambdas)
+        return self.rows[-len(lambdas):]
+
+    def _prune(self, latest):
+        """Keep L-BFGS memory only where a later fit can start: the latest, the best, the edges."""
+        lams = [r["lambda"] for r in self.rows]
+        keep = set(latest) | {self._best()["lambda"], min(lams), max(lams)}
+        for lam, (W, b, mem) in list(self.state.items()):
+            if lam not in keep and mem is not None:
+                self.state[lam] = (W, b, None)
+
+    def _score(self, zv):
+        """Validation metrics of one head, with its tau (logit adjustment) selected here."""
+        cands = []
+        for tau in self.taus:
+            z = zv if tau is None else zv - tau * self.lp
+            cands.append({"tau": tau, **_validation_metrics(z, self.yv, self.s.scoring)})
+        best = dict(cands[select(cands, self.s.scoring)])
+        best["by_tau"] = {str(c["tau"]): c["val_score"] for c in cands if c["tau"] is not None}
+        return best
+
+    def _best(self):
+        return self.rows[select(self.rows, self.s.scoring)]
+
+    def run(self, grid):
+        self.grid = list(grid)
+        if self.s.search == "full" or len(grid) < 5:
+            coarse = list(grid)
+        else:
+            coarse = grid[::2] + ([grid[-1]] if (len(grid) - 1) % 2 else [])
+        loss = "val_log_loss" if self.s.scoring == "accuracy" else "val_balanced_log_loss"
+        prev = None
+        for k, lam in enumerate(coarse):
+            self._fit([lam], prev, "path" if self.s.search == "full" else "coarse")
+            prev = lam
+            if self.s.search == "full" or k == len(coarse) - 1:
+                continue
+            # Walking toward weaker regularisation past the optimum: the selection loss rose at each
+            # of the last `patience` values and none of them is selected. The weaker values, the
+            # slowest to fit, cannot be selected unless validation turns around.
+            tail = self.rows[-(self.s.patience + 1):]
+            best = self._best()
+            if (len(tail) == self.s.patience + 1 and all(r is not best for r in tail[1:])
+                    and all(b[loss] > a[loss] for a, b in zip(tail, tail[1:]))):
+                self.stopped = (f"walk stopped after lambda {lam:.3g}: the validation loss rose "
+                                f"{self.s.patience} times in a row past the selected lambda {best['lambda']:.3g}")
+                break
+        self._refine()
+        self._extend()
+
+    def _refine(self):
+        """Fit the unfitted grid neighbours of the best lambda, both at once from its solution."""
+        best = self._best()["lambda"]
+        i = self.grid.index(best) if best in self.grid else None
+        if i is None:
+            return
+        fitted = {r["lambda"] for r in self.rows}
+        new = [self.grid[j] for j in (i - 1, i + 1) if 0 <= j < len(self.grid) and self.grid[j] not in fitted]
+        if new:
+            self._fit(new, best, "refine")
+
+    def _extend(self):
+        if not self.s.extend_grid or len(self.grid) < 2:
+            return
+        for _ in range(self.s.max_extensions):
+            best = self._best()["lambda"]
+            lams = sorted({r["lambda"] for r in self.rows} | set(self.grid), reverse=True)
+            if best not in (lams[0], lams[-1]):
+                return
+            ratio = self.grid[0] / self.grid[1]  # the grid's spacing (strong / next)
+            if best == lams[0]:
+                new, edge = [best * ratio ** k for k in range(1, self.s.extend_steps + 1)], "strong"
+            else:
+                new, edge = [best / ratio ** k for k in range(1, self.s.extend_steps + 1)], "weak"
+            self.extensions.append({"edge": edge, "added": [float(v) for v in new]})
+            prev = best
+            for lam in new:  # continue the path outward, one warm start after the other
+                self._fit([lam], prev, "extension")
+                prev = lam
+
+    def edge_optimum(self, best: float) -> bool:
+        lams = sorted({r["lambda"] for r in self.rows} | set(self.grid))
+        return len(lams) > 1 and best in (lams[0], lams[-1])
+
+
+def __getattr__(name: str):
+    # The experiment runner lives in probes.linear_experiment; these names stay importable from
+    # here for code written before the split (imported lazily: that module imports this one).
+    if name in ("LinearConfig", "run_linear", "run_linear_seeds", "default_experiment_name"):
+        from probes import linear_experiment
+
+        return getattr(linear_experiment, name)
+    raise AttributeError(f"module 'probes.linear' has no attribute {name!r}")

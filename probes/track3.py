@@ -112,7 +112,7 @@ class Track3Report:
 
 def _family_config_class(family: str):
     if family == "linear":
-        from probes.linear import LinearConfig
+        from probes.linear_experiment import LinearConfig
 
         return LinearConfig
     if family == "knn":
@@ -328,7 +328,7 @@ def resolve_split_by(store, by: str) -> str:
 
 def _run_family(store, exp: Experiment, config, split, out: Path, experiment: str, seed_group: str | None) -> dict:
     if exp.family == "linear":
-        from probes.linear import run_linear
+        from probes.linear_experiment import run_linear
 
         return run_linear(store, config=config, split=split, out=out, experiment=experiment, seed_group=seed_group)
     if exp.family == "knn":

@@ -18,11 +18,43 @@ def _store_option(f):
 
 
 def _split_options(f):
+    f = click.option("--test", "test_fraction", default=0.2, show_default=True, type=float,
+                     help="Test fraction of images of a new split (with --seed / --seeds).")(f)
+    f = click.option("--val", "val_fraction", default=0.1, show_default=True, type=float,
+                     help="Validation fraction of images of a new split (with --seed / --seeds).")(f)
     f = click.option("--by", default="identity", show_default=True,
                      help="How a new split groups rows: identity | image | pseudo-identity:<name>.")(f)
     f = click.option("--seed", default=0, show_default=True, type=int, help="Split seed when --split is not given.")(f)
     f = click.option("--split", "split_name", default=None, help="A saved split's name (default: make one from --seed).")(f)
-    return f
+    return _accept_fractions(f)
+
+
+def _accept_fractions(cmd):
+    """Transitional: a command whose function does not take ``val_fraction``/``test_fraction`` yet
+    runs with the default fractions and refuses other values, instead of failing on the keywords."""
+    import functools
+    import inspect
+
+    fn = cmd.callback if isinstance(cmd, click.Command) else cmd
+    if {"val_fraction", "test_fraction"} <= set(inspect.signature(fn).parameters):
+        return cmd
+
+    @functools.wraps(fn)
+    def wrapper(*args, val_fraction=0.1, test_fraction=0.2, **kwargs):
+        if (val_fraction, test_fraction) != (0.1, 0.2):
+            raise click.UsageError("this command does not take --val/--test yet; make the split with "
+                                   "`probes split --val V --test T` and pass --split NAME")
+        return fn(*args, **kwargs)
+
+    if isinstance(cmd, click.Command):
+        cmd.callback = wrapper
+        return cmd
+    return wrapper
+
+
+def _seeds_option(f):
+    return click.option("--seeds", default=1, show_default=True, type=click.IntRange(min=1),
+                        help="Repeat over K new splits (seeds --seed .. --seed+K-1); per-seed folders -seed{k}.")(f)
 
 
 def _task_options(f):
@@ -41,7 +73,7 @@ def _common_out(f):
 
 def _forced_choice_options(f):
     f = click.option("--null-repeats", default=0, show_default=True, type=int,
-                     help="Shuffled-name null repeats for the forced-choice scores.")(f)
+                     help="Forced-choice null: refits on names shuffled across identities.")(f)
     f = click.option("--forced-choice", is_flag=True,
                      help="Also report 2-/4-way forced choice (raw, prior-corrected, prior-only).")(f)
     return f
@@ -61,10 +93,10 @@ def _errors():
     return (ProbeError, FacestoreError, KeyError, FileNotFoundError)
 
 
-def _split(store, split_name, by, seed):
+def _split(store, split_name, by, seed, val: float = 0.1, test: float = 0.2):
     from probes.splits import get_split
 
-    return get_split(store, split=split_name, by=by, seed=seed)
+    return get_split(store, split=split_name, by=by, seed=seed, val=val, test=test)
 
 
 def _report(summ: dict) -> None:
@@ -75,10 +107,41 @@ def _report(summ: dict) -> None:
     click.echo(f"  top-1 {m['accuracy']:.4f}  majority {ch['majority']:.4f}  prior-matched {ch['prior_matched']:.4f}"
                f"  -> {summ['path']}")
     for fc in summ.get("extra", {}).get("forced_choice", []):
+        null = fc.get("null") or {}
+        beside = "" if not null.get("by_score") else "  (null " + ", ".join(
+            f"{k} {v['mean']:.3f}" for k, v in null["by_score"].items()) + ")"
         click.echo(f"  {fc['n_way']}-way {fc['foils']} foils: raw {fc['raw']['accuracy']:.3f}  prior-corrected "
-                   f"{fc['prior_corrected']['accuracy']:.3f}  prior-only {fc['prior_only']['accuracy']:.3f}")
+                   f"{fc['prior_corrected']['accuracy']:.3f}  prior-only {fc['prior_only']['accuracy']:.3f}{beside}")
     for w in summ["warnings"]:
         click.echo(f"warning: {w}", err=True)
+
+
+def _run(store_path, *, run, config, default_name: str, split_name, seed, seeds, by, val, test, out, experiment):
+    """One split (echo its report) or, with ``seeds`` > 1, one per seed (echo the mean); returns the summaries."""
+    from probes.linear_experiment import run_seeds
+
+    try:
+        store = _open(store_path, "r" if split_name else "a")
+        if seeds > 1:
+            if split_name:
+                raise click.UsageError("--seeds makes one split per seed; do not combine it with --split")
+            agg = run_seeds(store, run=run, config=config, seeds=range(seed, seed + seeds), out=out,
+                            experiment=experiment or default_name, by=by, val=val, test=test)
+        else:
+            summ = run(store, config=config, split=_split(store, split_name, by, seed, val, test), out=out,
+                       experiment=experiment)
+    except _errors() as e:
+        raise click.ClickException(str(e)) from e
+    if seeds > 1:
+        for row in agg["per_seed"]:
+            click.echo(f"seed {row['seed']}: balanced acc {row['balanced_accuracy']:.4f} top-1 {row['accuracy']:.4f}"
+                       f"  {row['path']}")
+        m, sd = agg["mean"], agg["std"]
+        click.echo(f"mean over {seeds} seeds: balanced acc {m['balanced_accuracy']:.4f} +/- "
+                   f"{sd['balanced_accuracy']:.4f}, top-1 {m['accuracy']:.4f} +/- {sd['accuracy']:.4f}")
+        return None
+    _report(summ)
+    return summ
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -88,34 +151,41 @@ def _ints(text: str) -> tuple[int, ...]:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+
+
 @click.command("knn")
 @_store_option
 @click.option("--model", required=True, help="Model group in the store.")
 @click.option("--view", default=None, help="View of the model (default: the model's default view).")
 @_split_options
+@_seeds_option
 @_task_options
-@click.option("--ks", default="10,20,100,200", show_default=True, help="Comma-separated k values (one search).")
-@click.option("--k", "k_main", default=20, show_default=True, type=int, help="The k of the headline result.")
-@click.option("--temperature", default=0.07, show_default=True, type=float, help="Vote weights exp(sim / T).")
+@click.option("--ks", default="10,20,100,200", show_default=True,
+              help="Comma-separated k values, chosen among on validation (one search).")
+@click.option("--k", "k_fixed", default=None, type=int, help="Fix k instead of choosing it on validation.")
+@click.option("--temperatures", default="0.02,0.07,0.2", show_default=True,
+              help="Comma-separated vote temperatures T (weights exp(sim / T)), chosen among on validation.")
+@click.option("--temperature", default=None, type=float, help="Fix T instead of choosing it on validation.")
 @_forced_choice_options
 @_common_out
-def knn_cmd(store_path, model, view, split_name, seed, by, names, min_images, ks, k_main, temperature,
-            forced_choice, null_repeats, device, n_boot, out, experiment):
-    """FAISS kNN (cosine, weighted votes) of test against train+val, every k from one search."""
-    from probes.knn import KNNConfig, run_knn
+def knn_cmd(store_path, model, view, split_name, seed, by, val_fraction, test_fraction, seeds, names, min_images, ks,
+            k_fixed, temperatures, temperature, forced_choice, null_repeats, device, n_boot, out, experiment):
+    """FAISS kNN (cosine, weighted votes): k and T chosen on validation, test scored once with train+val."""
+    from probes.knn import KNNConfig, experiment_name, run_knn
 
-    config = KNNConfig(model=model, view=view, names=names, min_images=min_images, ks=_ints(ks), k=k_main,
-                       temperature=temperature, device=device, n_boot=n_boot, forced_choice=forced_choice,
-                       null_repeats=null_repeats, random_state=seed)
-    try:
-        store = _open(store_path, "r" if split_name else "a")
-        summ = run_knn(store, config=config, split=_split(store, split_name, by, seed), out=out, experiment=experiment)
-    except _errors() as e:
-        raise click.ClickException(str(e)) from e
-    _report(summ)
-    per_k = summ["extra"]["per_k"]
-    click.echo("  per k: " + "  ".join(f"k={k} bal {v['balanced_accuracy']:.4f}" for k, v in per_k.items())
-               + f"  (T={temperature}, faiss {summ['extra']['search_device']})")
+    config = KNNConfig(model=model, view=view, names=names, min_images=min_images, ks=_ints(ks), k=k_fixed,
+                       temperatures=_floats(temperatures), temperature=temperature, device=device, n_boot=n_boot,
+                       forced_choice=forced_choice, null_repeats=null_repeats, random_state=seed)
+    summ = _run(store_path, run=run_knn, config=config, default_name=experiment_name(config), split_name=split_name,
+                seed=seed, seeds=seeds, by=by, val=val_fraction, test=test_fraction, out=out, experiment=experiment)
+    if summ is not None:
+        x = summ["extra"]
+        click.echo(f"  k={x['k']} T={x['temperature']} ({x['k_and_temperature']}), faiss {x['search_device']}")
 
 
 @click.command("supcon")
@@ -123,16 +193,18 @@ def knn_cmd(store_path, model, view, split_name, seed, by, names, min_images, ks
 @click.option("--model", default=None, help="Model group whose frozen features the head trains on.")
 @click.option("--view", default=None, help="View of the model (default: the model's default view).")
 @_split_options
+@_seeds_option
 @_task_options
-@click.option("--hidden-dim", default=2048, show_default=True, type=int)
-@click.option("--out-dim", default=128, show_default=True, type=int)
-@click.option("--temperature", default=0.07, show_default=True, type=float)
+@click.option("--hidden-dim", default=2048, show_default=True, type=int, help="Hidden width of the projection MLP.")
+@click.option("--out-dim", default=128, show_default=True, type=int, help="Output width of the projection MLP.")
+@click.option("--temperature", default=0.07, show_default=True, type=float, help="SupCon loss temperature.")
 @click.option("--m-per-class", default=4, show_default=True, type=int, help="Images per name in each batch.")
-@click.option("--batch-size", default=512, show_default=True, type=int)
-@click.option("--epochs", default=20, show_default=True, type=int)
-@click.option("--lr", default=1e-3, show_default=True, type=float)
-@click.option("--representation", default="projection", show_default=True,
-              type=click.Choice(["projection", "hidden"]), help="Which layer the linear probe reads.")
+@click.option("--batch-size", default=512, show_default=True, type=int, help="SupCon batch size.")
+@click.option("--epochs", default=20, show_default=True, type=int, help="SupCon training epochs.")
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="SupCon AdamW learning rate.")
+@click.option("--representation", default="hidden", show_default=True,
+              type=click.Choice(["hidden", "projection"]),
+              help="Which layer the linear probe reads: hidden (the encoder-output analogue) or projection.")
 @click.option("--train-encoder", is_flag=True,
               help="Train a timm encoder + projector from the train images instead (writes --checkpoint).")
 @click.option("--checkpoint", default=None, type=click.Path(file_okay=False),
@@ -148,42 +220,45 @@ def knn_cmd(store_path, model, view, split_name, seed, by, names, min_images, ks
 @click.option("--n-boot", default=1000, show_default=True, type=int, help="Bootstrap replicates of the CIs.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Results directory (head mode).")
 @click.option("--experiment", default=None, help="Experiment name (folder track3_{experiment}).")
-def supcon_cmd(store_path, model, view, split_name, seed, by, names, min_images, hidden_dim, out_dim, temperature,
-               m_per_class, batch_size, epochs, lr, representation, train_encoder, checkpoint, timm_model,
-               no_pretrained, data_root, workers, forced_choice, null_repeats, save_embeddings, device, n_boot, out,
-               experiment):
+def supcon_cmd(store_path, model, view, split_name, seed, by, val_fraction, test_fraction, seeds, names, min_images,
+               hidden_dim, out_dim, temperature, m_per_class, batch_size, epochs, lr, representation, train_encoder,
+               checkpoint, timm_model, no_pretrained, data_root, workers, forced_choice, null_repeats,
+               save_embeddings, device, n_boot, out, experiment):
     """Experiment 3.4: a SupCon projection head on frozen features + linear probe, or (--train-encoder)
-    a SupCon encoder trained from the train images into a facestore checkpoint."""
-    from probes.supcon import (EncoderTrainingConfig, SupConConfig, SupConHeadConfig, run_supcon_head,
-                               train_supcon_encoder)
+    a SupCon encoder trained from the train images into a facestore checkpoint (one per split seed)."""
+    from probes.supcon import (EncoderTrainingConfig, SupConConfig, SupConHeadConfig, experiment_name,
+                               run_supcon_head, train_supcon_encoder)
 
-    try:
-        store = _open(store_path, "r" if split_name else "a")
-        split = _split(store, split_name, by, seed)
-        if train_encoder:
-            if not checkpoint:
-                raise click.UsageError("--train-encoder needs --checkpoint DIR")
+    if train_encoder:
+        if not checkpoint:
+            raise click.UsageError("--train-encoder needs --checkpoint DIR")
+        if seeds > 1:
+            raise click.UsageError("--train-encoder trains one encoder on one split: run it once per --seed, each "
+                                   "into its own --checkpoint")
+        try:
+            store = _open(store_path, "r" if split_name else "a")
+            split = _split(store, split_name, by, seed, val_fraction, test_fraction)
             cfg = EncoderTrainingConfig(timm_model=timm_model, pretrained=not no_pretrained, temperature=temperature,
                                         m_per_class=m_per_class, batch_size=batch_size, epochs=epochs, lr=lr,
                                         proj_layers=(hidden_dim, out_dim), seed=seed)
             task = None if names == "all" else _task_names(store, names, min_images)
             path = train_supcon_encoder(store, split=split.name, out_dir=checkpoint, config=cfg, names=task,
                                         data_root=data_root, device=device, num_workers=workers, progress=True)
-            click.echo(f"checkpoint -> {path}; embed it with: facestore build ... --model supcon-resnet50 "
-                       f"--weights {path}")
-            return
-        if not model or not out:
-            raise click.UsageError("the SupCon head needs --model and --out (or pass --train-encoder)")
-        head = SupConHeadConfig(hidden_dim=hidden_dim, out_dim=out_dim, temperature=temperature,
-                                m_per_class=m_per_class, batch_size=batch_size, epochs=epochs, lr=lr,
-                                representation=representation, seed=seed)
-        config = SupConConfig(model=model, view=view, names=names, min_images=min_images, head=head, n_boot=n_boot,
-                              device=device, save_embeddings=save_embeddings, forced_choice=forced_choice,
-                              null_repeats=null_repeats)
-        summ = run_supcon_head(store, config=config, split=split, out=out, experiment=experiment)
-    except _errors() as e:
-        raise click.ClickException(str(e)) from e
-    _report(summ)
+        except _errors() as e:
+            raise click.ClickException(str(e)) from e
+        click.echo(f"checkpoint -> {path} (trained on split {split.name}); embed it with: facestore build ... "
+                   f"--model supcon-resnet50 --weights {path}; probe it on that split only (--split {split.name})")
+        return
+    if not model or not out:
+        raise click.UsageError("the SupCon head needs --model and --out (or pass --train-encoder)")
+    head = SupConHeadConfig(hidden_dim=hidden_dim, out_dim=out_dim, temperature=temperature,
+                            m_per_class=m_per_class, batch_size=batch_size, epochs=epochs, lr=lr,
+                            representation=representation, seed=seed)
+    config = SupConConfig(model=model, view=view, names=names, min_images=min_images, head=head, n_boot=n_boot,
+                          device=device, save_embeddings=save_embeddings, forced_choice=forced_choice,
+                          null_repeats=null_repeats)
+    _run(store_path, run=run_supcon_head, config=config, default_name=experiment_name(config), split_name=split_name,
+         seed=seed, seeds=seeds, by=by, val=val_fraction, test=test_fraction, out=out, experiment=experiment)
 
 
 def _task_names(store, names, min_images):
@@ -197,30 +272,33 @@ def _task_names(store, names, min_images):
 @click.option("--model", required=True, help="A text model's group (clip-vit-b-32, siglip-base).")
 @click.option("--view", default=None, help="Image view in the joint space (default: the model's default view).")
 @_split_options
+@_seeds_option
 @_task_options
 @click.option("--template-set", default="plan", show_default=True, help="Stored template set (facestore text).")
 @click.option("--template", default="ensemble", show_default=True, help="'ensemble', a template index or its text.")
 @click.option("--prior-correction", default="none", show_default=True,
-              type=click.Choice(["none", "mean-logit", "fit-bias"]), help="Fitted on validation images only.")
-@_forced_choice_options
+              type=click.Choice(["none", "mean-logit", "fit-bias"]),
+              help="Remove the text encoder's name prior from the decision, fitted on validation images only.")
+@click.option("--null-repeats", default=0, show_default=True, type=int,
+              help="Forced-choice null: test names shuffled across identities (exact: zero-shot saw no names).")
+@click.option("--forced-choice", is_flag=True,
+              help="Also report 2-/4-way forced choice (raw, prior-corrected, prior-only).")
 @_common_out
-def zeroshot_cmd(store_path, model, view, split_name, seed, by, names, min_images, template_set, template,
-                 prior_correction, forced_choice, null_repeats, device, n_boot, out, experiment):
+def zeroshot_cmd(store_path, model, view, split_name, seed, by, val_fraction, test_fraction, seeds, names, min_images,
+                 template_set, template, prior_correction, null_repeats, forced_choice, device, n_boot, out,
+                 experiment):
     """Experiment 3.5: zero-shot names from stored text embeddings (CLIP softmax, SigLIP scale + bias)."""
-    from probes.zeroshot import ZeroShotConfig, run_zeroshot
+    from probes.zeroshot import ZeroShotConfig, experiment_name, run_zeroshot
 
     config = ZeroShotConfig(model=model, view=view, template_set=template_set, template=template,
                             prior_correction=prior_correction, names=names, min_images=min_images, n_boot=n_boot,
                             forced_choice=forced_choice, null_repeats=null_repeats, random_state=seed)
-    try:
-        store = _open(store_path, "r" if split_name else "a")
-        summ = run_zeroshot(store, config=config, split=_split(store, split_name, by, seed), out=out,
-                            experiment=experiment)
-    except _errors() as e:
-        raise click.ClickException(str(e)) from e
-    _report(summ)
-    for t, v in summ["extra"]["per_template_val_balanced_accuracy"].items():
-        click.echo(f"  val balanced accuracy {v:.4f}  {t}")
+    summ = _run(store_path, run=run_zeroshot, config=config, default_name=experiment_name(config),
+                split_name=split_name, seed=seed, seeds=seeds, by=by, val=val_fraction, test=test_fraction, out=out,
+                experiment=experiment)
+    if summ is not None:
+        for t, v in summ["extra"]["per_template_val_balanced_accuracy"].items():
+            click.echo(f"  val balanced accuracy {v:.4f}  {t}")
 
 
 @click.command("ensemble")
@@ -228,33 +306,37 @@ def zeroshot_cmd(store_path, model, view, split_name, seed, by, names, min_image
 @click.option("--models", required=True, help="Comma-separated model groups (at least two).")
 @click.option("--views", default=None, help="Comma-separated views, one per model (default: each default view).")
 @click.option("--mode", default="concat", show_default=True,
-              type=click.Choice(["concat", "late-fusion", "learned-weights"]))
+              type=click.Choice(["concat", "late-fusion", "learned-weights"]),
+              help="concat (equal-footing blocks), late-fusion (mean log-probabilities) or learned-weights "
+                   "(fitted on out-of-fold probabilities).")
 @_split_options
+@_seeds_option
 @_task_options
-@click.option("--epochs", default=10, show_default=True, type=int, help="Linear probe epochs.")
+@click.option("--lambdas", default=None, help="Comma-separated L2 strengths of every linear probe (default grid).")
+@click.option("--oof-folds", default=5, show_default=True, type=click.IntRange(min=2),
+              help="learned-weights: identity-disjoint folds of the out-of-fold probabilities.")
 @_forced_choice_options
 @_common_out
-def ensemble_cmd(store_path, models, views, mode, split_name, seed, by, names, min_images, epochs, forced_choice,
-                 null_repeats, device, n_boot, out, experiment):
-    """Experiment 3.6: concatenation, late fusion or validation-fitted weights over several models."""
-    from probes.ensemble import EnsembleConfig, run_ensemble
+def ensemble_cmd(store_path, models, views, mode, split_name, seed, by, val_fraction, test_fraction, seeds, names,
+                 min_images, lambdas, oof_folds, forced_choice, null_repeats, device, n_boot, out, experiment):
+    """Experiment 3.6: concatenation, late fusion or out-of-fold weights over several models."""
+    from probes.ensemble import EnsembleConfig, experiment_name, run_ensemble
 
     model_list = tuple(m.strip() for m in models.split(",") if m.strip())
     view_list = None if views is None else tuple(v.strip() or None for v in views.split(","))
     config = EnsembleConfig(models=model_list, mode=mode, views=view_list, names=names, min_images=min_images,
-                            epochs=epochs, n_boot=n_boot, device=device, forced_choice=forced_choice,
-                            null_repeats=null_repeats, random_state=seed)
-    try:
-        store = _open(store_path, "r" if split_name else "a")
-        summ = run_ensemble(store, config=config, split=_split(store, split_name, by, seed), out=out,
-                            experiment=experiment)
-    except _errors() as e:
-        raise click.ClickException(str(e)) from e
-    _report(summ)
-    miss = summ["extra"]["missing_images"]["test"]
-    click.echo(f"  test images kept {miss['kept']}, dropped {miss['dropped']} (missing per model {miss['per_model']})")
-    if "weights" in summ["extra"]:
-        click.echo("  weights (fitted on val): " + ", ".join(f"{m} {w:.3f}" for m, w in summ["extra"]["weights"].items()))
+                            lambdas=_floats(lambdas) if lambdas else None, oof_folds=oof_folds, n_boot=n_boot,
+                            device=device, forced_choice=forced_choice, null_repeats=null_repeats,
+                            random_state=seed)
+    summ = _run(store_path, run=run_ensemble, config=config, default_name=experiment_name(config),
+                split_name=split_name, seed=seed, seeds=seeds, by=by, val=val_fraction, test=test_fraction, out=out,
+                experiment=experiment)
+    if summ is not None:
+        miss = summ["extra"]["missing_images"]["test"]
+        click.echo(f"  test images kept {miss['kept']}, dropped {miss['dropped']} (missing per model {miss['per_model']})")
+        if "weights" in summ["extra"]:
+            click.echo("  weights (fitted out of fold): "
+                       + ", ".join(f"{m} {w:.3f}" for m, w in summ["extra"]["weights"].items()))
 
 
 @click.command("audit")

@@ -2,12 +2,18 @@
 
 Any set of models in one store:
 
-- **A, concat**: each model's vectors L2-normalised first (so no model dominates by scale), rows
-  aligned by image id, then one probe on the concatenation.
+- **A, concat**: rows aligned by image id; each model's block is L2-normalised per row, then
+  standardised per column and scaled by ``1 / sqrt(D_m)`` (:class:`BlockScaler`, fitted on the
+  training rows), so every block has total variance 1 whatever its width or scale; the probe then
+  fits the concatenation as it is (``features="none"``: a per-column standardisation of the whole
+  concatenation would give a 1,024-d block twice the weight of a 512-d one under the L2 penalty).
 - **B, late fusion**: one probe per model; the ensemble's score is the mean of the per-model
-  log-probabilities.
-- **C, learned weights**: ``sum_m w_m * log p_m`` with the weights fitted on **validation only**
-  (minimum validation log-loss), then applied to test.
+  log-probabilities (each probe's own, unadjusted probabilities).
+- **C, learned weights**: ``sum_m w_m * log p_m`` with the weights fitted (minimum log-loss) on
+  **out-of-fold** probabilities of train+validation: each model's selected probe (its lambda
+  chosen on validation) is refit on K-1 of K identity-disjoint folds of train+validation and
+  predicts the held-out fold, so the weights see probabilities of the very probes (same lambda,
+  nearly the same rows) that the train+validation refits apply to test.
 
 Images missing from a model (a failed decode, ArCFace's ``no_face``) cannot be scored by every
 model: :func:`align_models` keeps the image ids present in all of them and counts the missing
@@ -80,8 +86,31 @@ def l2_normalize(X: np.ndarray) -> np.ndarray:
 
 
 def concat_features(blocks) -> np.ndarray:
-    """Option A: L2-normalise each block, then concatenate columns."""
+    """L2-normalise each block's rows, then concatenate columns (no scaling: see :class:`BlockScaler`)."""
     return np.hstack([l2_normalize(b) for b in blocks]).astype(np.float32)
+
+
+class BlockScaler:
+    """Option A's features: per block, rows L2-normalised, columns standardised, block scaled by 1/sqrt(D_m).
+
+    ``fit(blocks)`` learns each block's column means and standard deviations (on training rows);
+    ``transform(blocks)`` returns the concatenation, in which every block has total variance 1.
+    """
+
+    def fit(self, blocks) -> BlockScaler:
+        self.stats_ = []
+        for b in blocks:
+            Xn = l2_normalize(b).astype(np.float64)
+            self.stats_.append((Xn.mean(0), np.maximum(Xn.std(0), 1e-6), Xn.shape[1]))
+        return self
+
+    def transform(self, blocks) -> np.ndarray:
+        if not hasattr(self, "stats_"):
+            raise NotFittedError("BlockScaler is not fitted; call fit(train_blocks) first")
+        if len(blocks) != len(self.stats_):
+            raise ProbeConfigError(f"fitted on {len(self.stats_)} blocks, got {len(blocks)}")
+        out = [((l2_normalize(b) - mu) / sd / np.sqrt(d)) for b, (mu, sd, d) in zip(blocks, self.stats_)]
+        return np.hstack(out).astype(np.float32)
 
 
 def _log_proba(P: np.ndarray) -> np.ndarray:
@@ -153,15 +182,22 @@ class LearnedWeights:
 
 @dataclass(frozen=True)
 class EnsembleConfig:
-    """One ensemble experiment over several models of one store (recorded in config.json)."""
+    """One ensemble experiment over several models of one store (recorded in config.json).
+
+    ``lambdas``, ``tol``: every linear probe's grid and tolerance (None: the defaults).
+    ``oof_folds``: folds of the out-of-fold probabilities the learned weights are fitted on.
+    ``null_repeats`` with ``forced_choice``: the whole ensemble refit that many times on names
+    shuffled across identities (the forced-choice null).
+    """
 
     models: tuple[str, ...]
     mode: str = "concat"
     views: tuple[str | None, ...] | None = None
     names: str = "all"
     min_images: int = 0
-    weight_decays: tuple[float, ...] | None = None
-    epochs: int = 10
+    lambdas: tuple[float, ...] | None = None
+    tol: float | None = None
+    oof_folds: int = 5
     n_boot: int = 1000
     device: str = "auto"
     forced_choice: bool = False
@@ -190,20 +226,86 @@ def _aligned_subset(store, config: EnsembleConfig, task, split, subset: str):
     return al, y, groups, {m: xy.view for m, xy in xys.items()}
 
 
+def experiment_name(config: EnsembleConfig) -> str:
+    """The default experiment (folder) name of an ensemble config."""
+    from probes.knn import task_slug
+
+    return f"ensemble-{config.mode}_{'+'.join(config.models)}_{task_slug(config.names)}".replace("/", "-")
+
+
+def _out_of_fold(sweep, X, y_names, groups, *, folds: int, seed: int) -> np.ndarray:
+    """Probabilities of each train+validation row from the selected probe refit without its fold."""
+    from sklearn.model_selection import GroupKFold
+
+    g = np.arange(len(X)) if groups is None else np.asarray(groups)
+    k = min(int(folds), len(np.unique(g)))
+    if k < 2:
+        raise ProbeConfigError("learned weights need at least two identities in train+validation for out-of-fold "
+                               "probabilities")
+    P = np.zeros((len(X), len(sweep.classes_)))
+    for fit_rows, held in GroupKFold(n_splits=k, shuffle=True, random_state=seed).split(X, y_names, g):
+        probe = sweep.make_probe()
+        best = sweep.best_estimator_
+        P[held] = probe.fit(X[fit_rows], y_names[fit_rows], init=(best.coef_, best.intercept_)).predict_proba(X[held])
+    return P
+
+
+def _fit_ensemble(config: EnsembleConfig, names, tr, va, te, ytr, yva, gtv, seed: int):
+    """Every probe of the mode on train (selection on validation), refit on train+validation.
+
+    Returns ``(scores, probabilities, extra, warnings)`` for the test rows.
+    """
+    from probes.linear_experiment import LinearConfig
+
+    lin = LinearConfig(model="+".join(config.models), names=config.names, lambdas=config.lambdas,
+                       device=config.device, random_state=seed,
+                       **({} if config.tol is None else {"tol": config.tol}))
+    extra, warns = {}, []
+    if config.mode == "concat":
+        scaler = BlockScaler().fit(tr.features)
+        sweep = LinearConfig(**{**lin.__dict__, "features": "none"}).sweep(names).fit(
+            scaler.transform(tr.features), names[ytr], X_val=scaler.transform(va.features), y_val=names[yva])
+        X_te = scaler.transform(te.features)
+        extra["best_params"] = sweep.best_params_
+        extra["concat_features"] = "per block: rows L2-normalised, columns standardised, block / sqrt(D_m)"
+        warns += sweep.warnings_
+        return sweep.predict_proba_adjusted(X_te), sweep.predict_proba(X_te), extra, warns
+    test_probas, oof, best = [], [], {}
+    y_tv = names[np.concatenate([ytr, yva])]
+    for m, Xtr, Xva, Xte in zip(config.models, tr.features, va.features, te.features):
+        sweep = lin.sweep(names).fit(Xtr, names[ytr], X_val=Xva, y_val=names[yva])
+        warns += [f"{m}: {w}" for w in sweep.warnings_]
+        test_probas.append(sweep.predict_proba(Xte))
+        best[m] = sweep.best_params_
+        if config.mode == "learned-weights":
+            oof.append(_out_of_fold(sweep, np.concatenate([Xtr, Xva]), y_tv, gtv, folds=config.oof_folds,
+                                    seed=seed))
+    extra["best_params"] = best
+    if config.mode == "late-fusion":
+        P = late_fusion(test_probas)
+        return P, P, extra, warns
+    lw = LearnedWeights().fit(oof, np.concatenate([ytr, yva]))
+    P = lw.predict_proba(test_probas)
+    extra["weights"] = dict(zip(config.models, lw.weights_.tolist()))
+    extra["weights_fitted_on"] = (f"out-of-fold probabilities of train+val ({config.oof_folds} identity-disjoint "
+                                  "folds, each model's selected lambda), applied to its train+val refit")
+    return P, P, extra, warns
+
+
 def run_ensemble(store, *, config: EnsembleConfig, split, out, experiment: str | None = None,
             seed_group: str | None = None) -> dict:
     """Experiment 3.6 with ``config.mode`` in ``concat``, ``late-fusion``, ``learned-weights``.
 
     Every per-model or concatenated probe follows the linear protocol (select on val, refit on
-    train+val, score test once). Learned weights are fitted on validation probabilities of
-    train-only probes, so no validation label was seen by the probes that produce them.
+    train+val, score test once). Learned weights are fitted on out-of-fold probabilities of the
+    selected probes over train+val (see the module docstring) and applied to their train+val refits.
     """
     import time
 
     from probes.evaluation import finish_experiment
     from probes.knn import task_slug
-    from probes.linear import LinearConfig
     from probes.names import resolve_names
+    from probes.supcon import check_encoder_split
 
     if config.mode not in ENSEMBLE_MODES:
         raise ProbeConfigError(f"mode must be one of {ENSEMBLE_MODES}, got {config.mode!r}")
@@ -211,61 +313,53 @@ def run_ensemble(store, *, config: EnsembleConfig, split, out, experiment: str |
         raise ProbeConfigError(f"an ensemble needs at least two models, got {list(config.models)}")
     if config.views is not None and len(config.views) != len(config.models):
         raise ProbeConfigError(f"give one view per model: {len(config.views)} views for {len(config.models)} models")
+    for m in config.models:
+        check_encoder_split(store, m, split)
     t0 = time.perf_counter()
     task = resolve_names(store, config.names, min_images=config.min_images)
-    tr, ytr, _, views = _aligned_subset(store, config, task, split, "train")
-    va, yva, _, _ = _aligned_subset(store, config, task, split, "val")
+    tr, ytr, gtr, views = _aligned_subset(store, config, task, split, "train")
+    va, yva, gva, _ = _aligned_subset(store, config, task, split, "val")
     te, yte, gte, _ = _aligned_subset(store, config, task, split, "test")
     t_load = time.perf_counter() - t0
     names = np.asarray(task.names)
-    lin = LinearConfig(model="+".join(config.models), names=config.names, weight_decays=config.weight_decays,
-                       epochs=config.epochs, device=config.device, random_state=config.random_state)
     extra: dict = {"mode": config.mode, "models": list(config.models), "views": views,
                    "missing_images": {s: {"per_model": a.missing, "dropped": a.n_dropped, "kept": len(a.image_ids)}
                                       for s, a in (("train", tr), ("val", va), ("test", te))},
                    "missing_policy": "images absent from any model are dropped from every model (counted above)"}
     t1 = time.perf_counter()
-    if config.mode == "concat":
-        sweep = lin.sweep(names).fit(concat_features(tr.features), names[ytr], X_val=concat_features(va.features),
-                                     y_val=names[yva])
-        scores = sweep.predict_proba(concat_features(te.features))
-        extra["best_params"] = sweep.best_params_
-    else:
-        test_probas, val_probas, best = [], [], {}
-        for m, Xtr, Xva, Xte in zip(config.models, tr.features, va.features, te.features):
-            sweep = lin.sweep(names).fit(Xtr, names[ytr], X_val=Xva, y_val=names[yva])
-            test_probas.append(sweep.predict_proba(Xte))
-            best[m] = sweep.best_params_
-            if config.mode == "learned-weights":
-                val_probas.append(sweep.make_probe().fit(Xtr, names[ytr]).predict_proba(Xva))
-        extra["best_params"] = best
-        if config.mode == "late-fusion":
-            scores = late_fusion(test_probas)
-        else:
-            lw = LearnedWeights().fit(val_probas, yva)
-            scores = lw.predict_proba(test_probas)
-            extra["weights"] = dict(zip(config.models, lw.weights_.tolist()))
-            extra["weights_fitted_on"] = "val (probabilities of train-only probes)"
+    gtv = None if gtr is None else np.concatenate([gtr, gva])
+    scores, proba, fitted, warnings = _fit_ensemble(config, names, tr, va, te, ytr, yva, gtv, config.random_state)
+    extra.update(fitted)
     t_fit = time.perf_counter() - t1
     trainval_y = np.concatenate([ytr, yva])
     if config.forced_choice:
+        from probes import stats
         from probes.forced_choice import forced_choice_report
 
-        extra["forced_choice"] = forced_choice_report(scores, yte, train_labels=trainval_y, groups=gte,
-                                                      seed=config.random_state, null_repeats=config.null_repeats)
-    warnings = []
+        null_probas, null_labels = [], []
+        for i in range(config.null_repeats):
+            y_perm = stats.shuffle_names_across_identities(trainval_y, gtv, seed=config.random_state + i)
+            null_probas.append(_fit_ensemble(config, names, tr, va, te, y_perm[:len(ytr)], y_perm[len(ytr):], gtv,
+                                             config.random_state + i)[1])
+            null_labels.append(y_perm)
+        extra["forced_choice"] = forced_choice_report(proba, yte, train_labels=trainval_y, groups=gte,
+                                                      seed=config.random_state, null_probas=null_probas or None,
+                                                      null_train_labels=null_labels or None)
     if any(a.n_dropped for a in (tr, va, te)):
         warnings.append(f"{te.n_dropped} test images lack an embedding in at least one model and were left out")
-    experiment = experiment or f"ensemble-{config.mode}_{'+'.join(config.models)}_{task_slug(config.names)}"
+    experiment = experiment or experiment_name(config)
     cfg = {"family": "ensemble", "experiment": experiment, "model": "+".join(config.models),
            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
            "name_task": task.info(), "probe": {"mode": config.mode, "linear": "LinearSweep per model / on the concat"}}
     extra["seed_group"] = seed_group  # the multi-seed experiment this run belongs to (probes compare)
+    from probes.linear_experiment import accepts_probabilities
+
+    kwargs = {"probabilities": proba} if accepts_probabilities() else {}
     return finish_experiment(
         out, experiment=experiment.replace("/", "-"), scores=scores, y_true=yte, names=task.names,
         image_ids=te.image_ids, groups=gte, train_labels=trainval_y, config=cfg, split_info=split.info(),
         store_path=store.path, model_spec={m: store.model_spec(m) for m in config.models},
         timings={"load_s": t_load, "fit_s": t_fit}, name_task=task.spec, n_boot=config.n_boot,
-        seed=config.random_state, warnings=warnings, extra=extra,
+        seed=config.random_state, warnings=warnings, extra=extra, **kwargs,
         log=[f"ensemble {config.mode} of {', '.join(config.models)}: {len(tr.image_ids)} train, "
              f"{len(va.image_ids)} val, {len(te.image_ids)} test aligned rows"])

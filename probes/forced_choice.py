@@ -12,13 +12,21 @@ So every result reports three scores under **the same foils**, side by side:
 - ``prior_corrected``: pick the largest ``p(name | face) / p_train(name)`` (the face evidence);
 - ``prior_only``: pick the largest ``p_train(name)`` (face-blind).
 
-Foils are ``"uniform"`` (any other name) or ``"popularity"``-matched (drawn from the
+Foils (both by default) are ``"uniform"`` (any other name) or ``"popularity"``-matched (drawn from the
 ``popularity_pool`` names closest in training frequency). Ties split the credit
 (``1 / number tied at the top``), so a constant scorer sits exactly at chance. Each score has
 a 95% CI by a cluster bootstrap over identities when ``groups`` are given (images of one person
-are not independent), over images otherwise. ``null_repeats > 0`` adds the shuffled-name null:
-names permuted across identities, foils redrawn, the prior-corrected score recomputed.
-Foil sampling is seeded and the seed recorded.
+are not independent), over images otherwise. Foil sampling is seeded and the seed recorded.
+
+The null (``null_probas``) is the same three scores of probes **refit** on names shuffled across
+identities (the permutation null a probe family already runs: each person keeps their images and
+gets another person's name), scored against the true test names under the same foils. Such a
+probe learns the name frequencies and nothing of the face, so its prior-corrected score centres
+on chance (0.5 in 2-way choice) and its raw score on the prior-only score: each score is shown
+beside its own null. Shuffling test labels over one fixed set of probabilities is not that null
+(a trained probe's probabilities carry the face's real name, and dividing them by the prior
+does not undo how they track it); it remains available as ``null_repeats`` only for classifiers
+that never saw a training name (zero-shot), where it is the exact permutation null.
 """
 
 from __future__ import annotations
@@ -34,11 +42,15 @@ FOIL_KINDS = ("uniform", "popularity")
 
 @dataclass(frozen=True)
 class Score:
-    """One forced-choice accuracy with its 95% CI."""
+    """One forced-choice accuracy with its 95% CI and, when a null was run, the null beside it."""
 
     accuracy: float
     ci_low: float
     ci_high: float
+    null_mean: float | None = None
+    null_q025: float | None = None
+    null_q975: float | None = None
+    null_p_value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -126,11 +138,6 @@ def bootstrap_ci(values: np.ndarray, *, groups: np.ndarray | None, n_boot: int, 
     return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 
 
-def _score(outcomes, groups, n_boot, seed) -> Score:
-    lo, hi = bootstrap_ci(outcomes, groups=groups, n_boot=n_boot, seed=seed)
-    return Score(accuracy=float(np.mean(outcomes)), ci_low=lo, ci_high=hi)
-
-
 def _shuffle_labels(y_true: np.ndarray, groups: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
     """Names permuted across identities (each identity keeps one name), or across images without groups."""
     if groups is None:
@@ -140,12 +147,24 @@ def _shuffle_labels(y_true: np.ndarray, groups: np.ndarray | None, rng: np.rando
     return rng.permutation(group_names)[g]
 
 
+def _null_stats(values: np.ndarray, observed: float) -> dict:
+    return {"mean": float(values.mean()), "q025": float(np.quantile(values, 0.025)),
+            "q975": float(np.quantile(values, 0.975)),
+            "p_value": float((1 + np.sum(values >= observed)) / (1 + len(values)))}
+
+
 def forced_choice(proba, y_true, *, prior: np.ndarray, n_way: int = 2, foils: str = "uniform",
                   groups=None, seed: int = 0, n_boot: int = 1000, popularity_pool: int = 10,
-                  null_repeats: int = 0) -> ForcedChoiceResult:
+                  null_probas=None, null_priors=None, null_repeats: int = 0) -> ForcedChoiceResult:
     """Forced-choice accuracy of ``proba`` (n, C) against labels ``y_true`` (indices into the columns).
 
-    ``prior`` is ``p_train(name)`` (:func:`train_prior`), ``groups`` the identity of each image.
+    ``proba`` must be the model's own (unadjusted) probabilities. ``prior`` is ``p_train(name)``
+    (:func:`train_prior`), ``groups`` the identity of each image. ``null_probas``: test
+    probabilities of probes refit on shuffled names (one (n, C) array per refit), with
+    ``null_priors`` their training priors (default ``prior``); ``null_repeats`` > 0 instead
+    shuffles the test names across identities over the fixed ``proba`` (only for a classifier
+    that saw no training names, see the module docstring). Foils are the same for the observed
+    scores and every null repeat (a paired comparison).
     """
     P = np.asarray(proba, dtype=np.float64)
     y = np.asarray(y_true, dtype=np.int64)
@@ -156,43 +175,79 @@ def forced_choice(proba, y_true, *, prior: np.ndarray, n_way: int = 2, foils: st
         raise ProbeConfigError(f"prior must be ({P.shape[1]},) and positive (use train_prior with smoothing)")
     if groups is not None and len(groups) != len(y):
         raise ProbeConfigError(f"groups has {len(groups)} entries for {len(y)} images")
+    if null_probas is not None and null_repeats:
+        raise ProbeConfigError("give null_probas (refit null) or null_repeats (label-shuffle null), not both")
     C = P.shape[1]
     rng = np.random.default_rng([seed, n_way, FOIL_KINDS.index(foils) if foils in FOIL_KINDS else 99])
     foil_idx = sample_foils(y, n_classes=C, n_way=n_way, kind=foils, prior=prior, rng=rng,
                             popularity_pool=popularity_pool)
-    corrected = P / prior[None, :]
-    prior_scores = np.broadcast_to(prior[None, :], P.shape)
-    raw = choice_outcomes(P, y, foil_idx)
-    corr = choice_outcomes(corrected, y, foil_idx)
-    blind = choice_outcomes(prior_scores, y, foil_idx)
+
+    def three(P_, prior_, y_, f_):
+        return (choice_outcomes(P_, y_, f_), choice_outcomes(P_ / prior_[None, :], y_, f_),
+                choice_outcomes(np.broadcast_to(prior_[None, :], P_.shape), y_, f_))
+
+    raw, corr, blind = three(P, prior, y, foil_idx)
+    observed = {"raw": raw, "prior_corrected": corr, "prior_only": blind}
+    nulls = None
     null = None
-    if null_repeats > 0:
+    if null_probas is not None:
+        null_probas = list(null_probas)
+        priors = list(null_priors) if null_priors is not None else [prior] * len(null_probas)
+        if len(priors) != len(null_probas) or not null_probas:
+            raise ProbeConfigError(f"{len(null_probas)} null probabilities but {len(priors)} null priors")
+        vals = {k: [] for k in observed}
+        for Pn, pn in zip(null_probas, priors):
+            Pn = np.asarray(Pn, dtype=np.float64)
+            if Pn.shape != P.shape:
+                raise ProbeConfigError(f"null probabilities must be {P.shape} like proba, got {Pn.shape}")
+            for k, o in zip(observed, three(Pn, np.asarray(pn, dtype=np.float64), y, foil_idx)):
+                vals[k].append(float(o.mean()))
+        nulls = {k: _null_stats(np.asarray(v), float(observed[k].mean())) for k, v in vals.items()}
+        null = {"method": "probe refit on names shuffled across identities (whole fit repeated)",
+                "shuffled_across": "identities" if groups is not None else "images",
+                "repeats": len(null_probas), "score": "prior_corrected", **nulls["prior_corrected"],
+                "by_score": nulls}
+    elif null_repeats > 0:
         accs = []
         for _ in range(null_repeats):
             y_null = _shuffle_labels(y, groups, rng)
-            f_null = sample_foils(y_null, n_classes=C, n_way=n_way, kind=foils, prior=prior, rng=rng,
-                                  popularity_pool=popularity_pool)
-            accs.append(float(np.mean(choice_outcomes(corrected, y_null, f_null))))
-        accs = np.asarray(accs)
-        null = {"score": "prior_corrected", "repeats": int(null_repeats),
+            accs.append(float(np.mean(choice_outcomes(P / prior[None, :], y_null, foil_idx))))
+        nulls = {"prior_corrected": _null_stats(np.asarray(accs), float(corr.mean()))}
+        null = {"method": "test names shuffled across identities over fixed scores (valid for a classifier "
+                          "that saw no training names)",
                 "shuffled_across": "identities" if groups is not None else "images",
-                "mean": float(accs.mean()), "q025": float(np.quantile(accs, 0.025)),
-                "q975": float(np.quantile(accs, 0.975)),
-                "p_value": float((1 + np.sum(accs >= corr.mean())) / (1 + len(accs)))}
+                "repeats": int(null_repeats), "score": "prior_corrected", **nulls["prior_corrected"],
+                "by_score": nulls}
+
+    def scored(k):
+        lo, hi = bootstrap_ci(observed[k], groups=groups, n_boot=n_boot, seed=seed)
+        nk = (nulls or {}).get(k)
+        return Score(accuracy=float(np.mean(observed[k])), ci_low=lo, ci_high=hi,
+                     **({} if nk is None else {"null_mean": nk["mean"], "null_q025": nk["q025"],
+                                               "null_q975": nk["q975"], "null_p_value": nk["p_value"]}))
+
     return ForcedChoiceResult(
-        n_way=n_way, foils=foils, chance=1.0 / n_way,
-        raw=_score(raw, groups, n_boot, seed), prior_corrected=_score(corr, groups, n_boot, seed),
-        prior_only=_score(blind, groups, n_boot, seed), n_trials=len(y), seed=seed,
+        n_way=n_way, foils=foils, chance=1.0 / n_way, raw=scored("raw"), prior_corrected=scored("prior_corrected"),
+        prior_only=scored("prior_only"), n_trials=len(y), seed=seed,
         ci_method="cluster bootstrap over identities" if groups is not None else "bootstrap over images",
         popularity_pool=popularity_pool if foils == "popularity" else None, null=null)
 
 
-def forced_choice_report(proba, y_true, *, train_labels, groups=None, n_ways=(2, 4), foil_kinds=FOIL_KINDS,
-                         seed: int = 0, n_boot: int = 1000, popularity_pool: int = 10,
-                         null_repeats: int = 0) -> list[dict]:
-    """Every protocol (``n_ways`` x ``foil_kinds``) as JSON-able dicts, ready for summary.json."""
+def forced_choice_report(proba, y_true, *, train_labels, groups=None, n_ways=(2, 4), foil_kinds=("uniform", "popularity"),
+                         seed: int = 0, n_boot: int = 1000, popularity_pool: int = 10, null_probas=None,
+                         null_train_labels=None, null_repeats: int = 0) -> list[dict]:
+    """Every protocol (``n_ways`` x ``foil_kinds``) as JSON-able dicts, ready for summary.json.
+
+    ``proba``: the model's own test probabilities (never logit-adjusted). ``null_probas``: the
+    test probabilities of the refits on shuffled names, ``null_train_labels`` the shuffled
+    training labels of each (their priors); ``null_repeats``: the label-shuffle null for a
+    classifier that saw no training names (see :func:`forced_choice`).
+    """
     P = np.asarray(proba)
     prior = train_prior(train_labels, n_classes=P.shape[1])
+    priors = None
+    if null_probas is not None and null_train_labels is not None:
+        priors = [train_prior(t, n_classes=P.shape[1]) for t in null_train_labels]
     out = []
     for n_way in n_ways:
         if n_way > P.shape[1]:
@@ -200,5 +255,6 @@ def forced_choice_report(proba, y_true, *, train_labels, groups=None, n_ways=(2,
         for kind in foil_kinds:
             pool = min(popularity_pool, P.shape[1] - 1)
             out.append(forced_choice(P, y_true, prior=prior, n_way=n_way, foils=kind, groups=groups, seed=seed,
-                                     n_boot=n_boot, popularity_pool=pool, null_repeats=null_repeats).to_dict())
+                                     n_boot=n_boot, popularity_pool=pool, null_probas=null_probas,
+                                     null_priors=priors, null_repeats=null_repeats).to_dict())
     return out

@@ -2,8 +2,10 @@
 
 The protocol follows DINO / dinov2 ``eval/knn.py``: cosine similarity (inner product of
 L2-normalised vectors), **one** search for the largest k, then temperature-weighted votes
-``exp(sim / T)`` reported for every k in ``ks`` from that single search. k and T are recorded in
-every result (lightly once changed its default T silently and broke reproductions).
+``exp(sim / T)`` for every k in ``ks`` from that single search. :func:`run_knn` chooses k and T
+on validation (train rows as the database, validation rows as the queries), then scores the
+test rows once with train+validation as the database at the chosen values only. k and T are
+recorded in every result (lightly once changed its default T silently and broke reproductions).
 
 The search runs on a faiss GPU index when faiss was built with GPUs and one is visible, on
 ``IndexFlatIP`` on the CPU otherwise; which one actually ran is logged and returned.
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KS = (10, 20, 100, 200)
 DEFAULT_TEMPERATURE = 0.07
+DEFAULT_TEMPERATURES = (0.02, 0.07, 0.2)
+VOTE_SMOOTHING = 1e-3  # added to vote shares before a log-loss, so a name no neighbour had is not -inf
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -240,15 +244,21 @@ def task_slug(names: str) -> str:
 
 @dataclass(frozen=True)
 class KNNConfig:
-    """One kNN experiment (recorded in config.json)."""
+    """One kNN experiment (recorded in config.json).
+
+    ``k`` / ``temperature`` None: chosen on validation among ``ks`` / ``temperatures``; a value
+    fixes it. ``null_repeats`` with ``forced_choice``: the database names shuffled across
+    identities that many times (a refit of kNN is a relabelling of the same search).
+    """
 
     model: str
     view: str | None = None
     names: str = "all"
     min_images: int = 0
     ks: tuple[int, ...] = DEFAULT_KS
-    k: int = 20
-    temperature: float = DEFAULT_TEMPERATURE
+    k: int | None = None
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    temperature: float | None = None
     device: str = "auto"
     n_boot: int = 1000
     forced_choice: bool = False
@@ -256,53 +266,107 @@ class KNNConfig:
     random_state: int = 0
 
 
+def experiment_name(config: KNNConfig) -> str:
+    """The default experiment (folder) name of a kNN config."""
+    return f"{config.model}{'-' + config.view if config.view else ''}_knn_{task_slug(config.names)}"
+
+
+def _widen(scores: np.ndarray, classes: np.ndarray, n_classes: int) -> np.ndarray:
+    """Vote columns follow the labels present in the database; widen to every task name."""
+    wide = np.zeros((len(scores), n_classes))
+    wide[:, classes] = scores
+    return wide
+
+
+def select_k_and_temperature(train_X, train_y, val_X, val_y, *, n_classes: int, ks, temperatures,
+                             device: str = "auto") -> tuple[int, float, list[dict]]:
+    """``(k, T, table)``: k and T chosen on validation (train rows as the database).
+
+    Selection as the linear probe's (:func:`probes.linear.select`): the validation balanced
+    accuracy, values within one standard error tied, ties broken by the class-balanced log-loss of
+    the (smoothed) vote shares. ``table`` holds every (k, T) with its validation metrics.
+    """
+    from probes.linear import _validation_metrics, select
+
+    probe = KNNProbe(tuple(ks), k=max(ks), temperature=1.0, device=device).fit(train_X, train_y)
+    result = probe.search(val_X)
+    labels = probe.y_index_[result.indices]
+    rows = []
+    for T in temperatures:
+        for k in probe.ks_:
+            votes = weighted_votes(labels, result.similarities, n_classes=len(probe.classes_),
+                                   k=min(k, labels.shape[1]), temperature=T)
+            P = (_widen(votes, probe.classes_, n_classes) + VOTE_SMOOTHING) / (1 + n_classes * VOTE_SMOOTHING)
+            rows.append({"k": int(k), "temperature": float(T),
+                         **_validation_metrics(np.log(P), np.asarray(val_y), "balanced_accuracy")})
+    best = rows[select(rows, "balanced_accuracy")]
+    return best["k"], best["temperature"], rows
+
+
 def run_knn(store, *, config: KNNConfig, split, out, experiment: str | None = None,
             seed_group: str | None = None) -> dict:
-    """The kNN sanity check on one split: train+val is the database, test the queries, one search.
-
-    ``config.k`` (fixed in advance, never chosen on test) gives the headline result; every k of
-    ``config.ks`` is reported in ``summary["extra"]["per_k"]`` from the same search.
-    """
+    """The kNN probe on one split: k and T chosen on validation, then train+val is the database
+    and test the queries, scored once at the chosen values (``summary["extra"]["selection"]``
+    holds the validation table of every (k, T))."""
+    from probes import stats
     from probes.data import load_xy
     from probes.evaluation import finish_experiment
-    from probes.metrics import accuracy, balanced_accuracy
     from probes.names import resolve_names
+    from probes.supcon import check_encoder_split
 
+    check_encoder_split(store, config.model, split)
     t0 = time.perf_counter()
     task = resolve_names(store, config.names, min_images=config.min_images)
     kw = dict(view=config.view, split=split, names=task)
-    tv = load_xy(store, config.model, subset="trainval", **kw)
+    tr = load_xy(store, config.model, subset="train", **kw)
+    va = load_xy(store, config.model, subset="val", **kw)
     te = load_xy(store, config.model, subset="test", **kw)
     t_load = time.perf_counter() - t0
-    probe = KNNProbe(config.ks, k=config.k, temperature=config.temperature, device=config.device)
-    t1 = time.perf_counter()
-    probe.fit(tv.X, tv.y)
-    per_k_scores = probe.decision_functions(te.X)
-    t_search = time.perf_counter() - t1
     C = len(task.names)
-    # Columns of the votes follow the labels present in the database; widen to every task name.
-    full = {}
-    for k, s in per_k_scores.items():
-        wide = np.zeros((len(te), C))
-        wide[:, probe.classes_] = s
-        full[k] = wide
-    per_k = {str(k): {"balanced_accuracy": balanced_accuracy(te.y, s.argmax(1)), "accuracy": accuracy(te.y, s.argmax(1))}
-             for k, s in full.items()}
-    extra = {"per_k": per_k, "search_device": probe.search_device_, "database": "train+val", "queries": "test"}
+    ks = tuple(int(k) for k in ([config.k] if config.k is not None else config.ks))
+    temps = tuple(float(t) for t in ([config.temperature] if config.temperature is not None else config.temperatures))
+    if not ks or min(ks) < 1 or not temps or min(temps) <= 0:
+        raise ProbeConfigError(f"ks must be positive integers and temperatures > 0, got {ks} and {temps}")
+    t1 = time.perf_counter()
+    k, T, table = select_k_and_temperature(tr.X, tr.y, va.X, va.y, n_classes=C, ks=ks, temperatures=temps,
+                                           device=config.device)
+    t_select = time.perf_counter() - t1
+    tv_y = np.concatenate([tr.y, va.y])
+    probe = KNNProbe((k,), k=k, temperature=T, device=config.device).fit(np.concatenate([tr.X, va.X]), tv_y)
+    t2 = time.perf_counter()
+    result = probe.search(te.X)
+    labels = probe.y_index_[result.indices]
+    scores = _widen(weighted_votes(labels, result.similarities, n_classes=len(probe.classes_), k=k, temperature=T),
+                    probe.classes_, C)
+    t_search = time.perf_counter() - t2
+    chosen = "chosen on validation" if (config.k is None or config.temperature is None) else "fixed in the config"
+    extra = {"selection": table, "k": k, "temperature": T, "k_and_temperature": chosen,
+             "selection_database": "train", "selection_queries": "val", "search_device": probe.search_device_,
+             "database": "train+val", "queries": "test"}
     if config.forced_choice:
         from probes.forced_choice import forced_choice_report
 
-        extra["forced_choice"] = forced_choice_report(full[config.k], te.y, train_labels=tv.y, groups=te.groups,
-                                                      seed=config.random_state, null_repeats=config.null_repeats)
-    experiment = experiment or f"{config.model}{'-' + config.view if config.view else ''}_knn_{task_slug(config.names)}"
+        groups = None if tr.groups is None else np.concatenate([tr.groups, va.groups])
+        null_probas, null_labels = [], []
+        for i in range(config.null_repeats):
+            # Refitting kNN on shuffled names is relabelling its database: the search is reused.
+            y_perm = stats.shuffle_names_across_identities(tv_y, groups, seed=config.random_state + i)
+            votes = weighted_votes(y_perm[result.indices], result.similarities, n_classes=C, k=k, temperature=T)
+            null_probas.append(votes)
+            null_labels.append(y_perm)
+        extra["forced_choice"] = forced_choice_report(scores, te.y, train_labels=tv_y, groups=te.groups,
+                                                      seed=config.random_state, null_probas=null_probas or None,
+                                                      null_train_labels=null_labels or None)
+    experiment = experiment or experiment_name(config)
     cfg = {"family": "knn", "experiment": experiment,
-           **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
-           "view": te.view, "name_task": task.info(), "probe": probe.params()}
+           **{key: (list(v) if isinstance(v, tuple) else v) for key, v in asdict(config).items()},
+           "view": te.view, "name_task": task.info(), "probe": {**probe.params(), "chosen_on": chosen}}
     extra["seed_group"] = seed_group  # the multi-seed experiment this run belongs to (probes compare)
     return finish_experiment(
-        out, experiment=experiment, scores=full[config.k], y_true=te.y, names=task.names, image_ids=te.image_ids,
-        groups=te.groups, train_labels=tv.y, config=cfg, split_info=split.info(), store_path=store.path,
-        model_spec=store.model_spec(config.model), timings={"load_s": t_load, "search_s": t_search},
+        out, experiment=experiment, scores=scores, y_true=te.y, names=task.names, image_ids=te.image_ids,
+        groups=te.groups, train_labels=tv_y, config=cfg, split_info=split.info(), store_path=store.path,
+        model_spec=store.model_spec(config.model),
+        timings={"load_s": t_load, "select_s": t_select, "search_s": t_search},
         name_task=task.spec, n_boot=config.n_boot, seed=config.random_state, extra=extra,
-        log=[f"kNN {experiment}: {len(tv)} database rows, {len(te)} queries, k={config.k} T={config.temperature}, "
-             f"faiss {probe.search_device_}"])
+        log=[f"kNN {experiment}: k={k} T={T} {chosen} (validation balanced accuracy over {len(table)} (k, T)); "
+             f"{len(tr) + len(va)} database rows, {len(te)} queries, faiss {probe.search_device_}"])

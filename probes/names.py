@@ -39,6 +39,12 @@ class NameTask:
         return {"spec": self.spec, "n_names": len(self.names), "min_images": self.min_images}
 
 
+def _looks_like_path(spec: str) -> bool:
+    """A spec meant as a file: it has a directory part or a file suffix (``names.txt``, ``~/x``)."""
+    p = Path(spec)
+    return len(p.parts) > 1 or bool(p.suffix) or spec.startswith(("~", "."))
+
+
 def resolve_names(store, spec: str = "all", *, min_images: int = 0) -> NameTask:
     """Resolve ``spec`` (``all``, ``topK``, or a file of names) against a store's index."""
     index = store.index
@@ -76,6 +82,11 @@ def resolve_names(store, spec: str = "all", *, min_images: int = 0) -> NameTask:
                 f"the store has {len(all_names)} names such as {all_names[:5]}"
             )
         chosen = np.array(sorted({lookup[n] for n in wanted if keep[lookup[n]]}), dtype=np.int64)
+    elif _looks_like_path(spec):
+        raise NameTaskError(
+            f"file not found: {spec} (the names task is 'all', 'top30' (any topK), or the path of an existing "
+            "file with one name per line)"
+        )
     else:
         raise NameTaskError(
             f"unknown names task {spec!r}: use 'all', 'top30' (any topK), or the path of a file "

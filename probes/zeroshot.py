@@ -13,11 +13,20 @@ the model's own scale and bias kept (its per-pair probability is ``sigmoid(logit
 :meth:`ZeroShotClassifier.pair_proba`). ``predict_proba`` is the softmax over names of the logits,
 a distribution over the names for the shared metrics; its argmax equals the sigmoid's.
 
+
 Text encoders carry a strong name-frequency prior (frequent web names win). Prior correction,
-fitted on **validation** images only (never test):
+fitted on **validation** images only (never test), removes it from the decision:
 
 - ``"mean-logit"``: subtract each name's mean logit over the validation images (no labels used);
-- ``"fit-bias"``: fit one additive bias per name maximising the validation log-likelihood.
+- ``"fit-bias"``: fit one additive bias per name maximising the validation log-likelihood (which
+  absorbs the text prior and puts the validation name frequencies in its place), then subtract
+  the log of those validation frequencies (Laplace-smoothed): what is left is the face evidence
+  with a uniform prior over names.
+
+As for the linear probe, :meth:`ZeroShotClassifier.predict_proba` is the model's own softmax
+(its logit scale and bias, no prior correction): forced choice and calibration use it.
+:meth:`~ZeroShotClassifier.decision_function` (and :meth:`~ZeroShotClassifier.predict_proba_adjusted`)
+carry the correction, and :meth:`~ZeroShotClassifier.predict` follows it.
 """
 
 from __future__ import annotations
@@ -122,13 +131,20 @@ class ZeroShotClassifier:
         if np.issubdtype(y_val.dtype, np.integer):  # label indices into classes_
             if y_val.min() < 0 or y_val.max() >= len(self.classes_):
                 raise ProbeConfigError(f"validation label indices must be in [0, {len(self.classes_)})")
-            return _fit_class_biases(logits, y_val.astype(np.int64), l2=self.bias_l2)
-        pos = {c: i for i, c in enumerate(self.classes_)}
-        try:
-            y_idx = np.array([pos[v] for v in np.asarray(y_val)])
-        except KeyError as e:
-            raise ProbeConfigError(f"validation label {e.args[0]!r} is not among the text embeddings' names") from None
-        return _fit_class_biases(logits, y_idx, l2=self.bias_l2)
+            y_idx = y_val.astype(np.int64)
+        else:
+            pos = {c: i for i, c in enumerate(self.classes_)}
+            try:
+                y_idx = np.array([pos[v] for v in y_val], dtype=np.int64)
+            except KeyError as e:
+                raise ProbeConfigError(f"validation label {e.args[0]!r} is not among the text embeddings' names") from None
+        # logits + b fit the validation images *with* their name frequencies; removing those
+        # frequencies leaves the prior-free decision (adding b alone would add the prior).
+        b = _fit_class_biases(logits, y_idx, l2=self.bias_l2)
+        C = len(self.classes_)
+        log_prior_val = np.log((np.bincount(y_idx, minlength=C) + 1.0) / (len(y_idx) + C))
+        out = b - log_prior_val
+        return out - out.mean()
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
@@ -142,18 +158,23 @@ class ZeroShotClassifier:
             raise ProbeConfigError(f"X must be (n, {self.n_features_in_}), got {X.shape}")
         return (_normalize(X).astype(np.float32) @ self.coef_.T).astype(np.float64) + self.intercept_
 
+    def raw_logits(self, X) -> np.ndarray:
+        """The model's own logits ``(n, C)``: scale and bias, no prior correction."""
+        return self.decision_function(X) - self.prior_offset_
+
     def predict_proba(self, X) -> np.ndarray:
-        """Softmax over names of the logits (columns follow ``classes_``)."""
-        z = self.decision_function(X)
-        z = z - z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        return p / p.sum(axis=1, keepdims=True)
+        """The model's own softmax over names (no prior correction; columns follow ``classes_``)."""
+        return _softmax(self.raw_logits(X))
+
+    def predict_proba_adjusted(self, X) -> np.ndarray:
+        """Softmax of :meth:`decision_function`: the prior-corrected probabilities."""
+        return _softmax(self.decision_function(X))
 
     def pair_proba(self, X) -> np.ndarray:
         """The model's own per-pair probability: ``sigmoid(logit)`` for SigLIP, the softmax for CLIP."""
         if self.kind_ == "clip":
             return self.predict_proba(X)
-        return 1.0 / (1.0 + np.exp(-self.decision_function(X)))
+        return 1.0 / (1.0 + np.exp(-self.raw_logits(X)))
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[np.argmax(self.decision_function(X), axis=1)]
@@ -166,6 +187,13 @@ class ZeroShotClassifier:
         return {"template": self.template if isinstance(self.template, str) else self.templates_[int(self.template)],
                 "templates": self.templates_, "prior_correction": self.prior_correction, "kind": self.kind_,
                 "logit_scale": self.logit_scale_, "logit_bias": self.logit_bias_, "bias_l2": self.bias_l2}
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
 
 
 def _fit_class_biases(logits: np.ndarray, y_idx: np.ndarray, *, l2: float) -> np.ndarray:
@@ -230,6 +258,14 @@ def _task_text(text, task_names):
                                 logit_bias=text.logit_bias)
 
 
+def experiment_name(config: ZeroShotConfig) -> str:
+    """The default experiment (folder) name of a zero-shot config."""
+    from probes.knn import task_slug
+
+    tag = "" if config.prior_correction == "none" else f"_{config.prior_correction}"
+    return f"{config.model}_zeroshot_{config.template_set}-{config.template}{tag}_{task_slug(config.names)}"
+
+
 def run_zeroshot(store, *, config: ZeroShotConfig, split, out, experiment: str | None = None,
             seed_group: str | None = None) -> dict:
     """Experiment 3.5: zero-shot names from stored text embeddings, evaluated on the test rows once.
@@ -266,19 +302,22 @@ def run_zeroshot(store, *, config: ZeroShotConfig, split, out, experiment: str |
     if config.forced_choice:
         from probes.forced_choice import forced_choice_report
 
+        # The model's own probabilities (no prior correction). Its null shuffles test names across
+        # identities over them: exact here, since the classifier never saw a training name.
         extra["forced_choice"] = forced_choice_report(clf.predict_proba(te.X), te.y, train_labels=trainval_y,
                                                       groups=te.groups, seed=config.random_state,
                                                       null_repeats=config.null_repeats)
-    tag = "" if config.prior_correction == "none" else f"_{config.prior_correction}"
-    experiment = experiment or (f"{config.model}_zeroshot_{config.template_set}-{config.template}{tag}_"
-                                f"{task_slug(config.names)}")
+    experiment = experiment or experiment_name(config)
     cfg = {"family": "zeroshot", "experiment": experiment, **asdict(config), "view": te.view,
            "name_task": task.info(), "probe": clf.params()}
     extra["seed_group"] = seed_group  # the multi-seed experiment this run belongs to (probes compare)
+    from probes.linear_experiment import accepts_probabilities
+
+    kwargs = {"probabilities": clf.predict_proba(te.X)} if accepts_probabilities() else {}
     return finish_experiment(
         out, experiment=experiment, scores=scores, y_true=te.y, names=task.names, image_ids=te.image_ids,
         groups=te.groups, train_labels=trainval_y, config=cfg, split_info=split.info(), store_path=store.path,
         model_spec=store.model_spec(config.model), timings={"fit_s": t_fit}, name_task=task.spec,
-        n_boot=config.n_boot, seed=config.random_state, extra=extra,
+        n_boot=config.n_boot, seed=config.random_state, extra=extra, **kwargs,
         log=[f"zero-shot {experiment}: {clf.kind_} scale {clf.logit_scale_:.4g} bias {clf.logit_bias_}, "
              f"templates {config.template_set}/{config.template}, prior correction {config.prior_correction}"])

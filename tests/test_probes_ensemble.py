@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from probes.ensemble import LearnedWeights, align_features, concat_features, late_fusion
+from probes.ensemble import BlockScaler, LearnedWeights, align_features, concat_features, late_fusion
 
 
 def test_alignment_by_image_id_counts_missing_images():
@@ -28,6 +28,39 @@ def test_concat_normalises_each_model_first():
     A = np.array([[3.0, 4.0]])
     B = np.array([[100.0, 0.0, 0.0]])
     np.testing.assert_allclose(concat_features([A, B]), [[0.6, 0.8, 1.0, 0.0, 0.0]])
+
+
+def test_concat_blocks_stay_on_an_equal_footing():
+    rng = np.random.default_rng(1)
+    narrow = rng.normal(size=(500, 8)) * 50.0  # a loud, narrow block
+    wide = rng.normal(size=(500, 64)) * np.linspace(0.1, 3, 64)  # a quiet, wide, anisotropic one
+    scaler = BlockScaler().fit([narrow[:300], wide[:300]])
+    Z = scaler.transform([narrow[:300], wide[:300]])
+    assert Z.shape == (300, 72)
+    # Every block ends with total variance 1 (its width no longer buys it weight under the L2 penalty);
+    # a per-column standardisation of the concatenation would give the wide block 8x the narrow one.
+    np.testing.assert_allclose([Z[:, :8].var(0).sum(), Z[:, 8:].var(0).sum()], [1.0, 1.0], rtol=1e-3)
+    np.testing.assert_allclose(Z[:, 8:].var(0), 1 / 64, rtol=1e-3)
+    held = scaler.transform([narrow[300:], wide[300:]])  # the training statistics, applied as they are
+    assert held.shape == (200, 72) and abs(held[:, :8].var(0).sum() - 1) < 0.3
+
+
+def test_out_of_fold_probabilities_come_from_probes_that_never_saw_the_fold():
+    from probes.ensemble import _out_of_fold
+    from probes.linear import LinearSweep
+
+    rng = np.random.default_rng(2)
+    people = np.repeat(np.arange(60), 5)
+    y = np.array([f"n{p % 4}" for p in people])
+    X = (rng.normal(size=(300, 24)) + 1.5 * rng.normal(size=(60, 24))[people]).astype(np.float32)
+    sweep = LinearSweep([1e-3], extend_grid=False, n_threads=1).fit(X[:200], y[:200], X_val=X[200:], y_val=y[200:])
+    P = _out_of_fold(sweep, X, y, people, folds=3, seed=0)
+    assert P.shape == (300, 4) and np.allclose(P.sum(1), 1)
+    # Person-specific features: a probe that saw a person predicts its name well, one that did not,
+    # near chance. Out-of-fold must look like the latter, the train+val refit like the former.
+    seen = sweep.best_estimator_.predict_proba(X)[np.arange(300), np.searchsorted(sweep.classes_, y)].mean()
+    oof = P[np.arange(300), np.searchsorted(sweep.classes_, y)].mean()
+    assert oof < seen - 0.1
 
 
 def test_late_fusion_is_the_mean_of_log_probabilities():
@@ -59,7 +92,8 @@ def test_cli_ensemble_modes_on_a_two_model_store(tmp_path, mode):
     planted_store(tmp_path / "s.zarr", n_names=5, images_per_person=4, dim=12, signal=1.5, seed=2,
                   models=("m1", "m2"))
     res = CliRunner().invoke(main, ["ensemble", "--store", str(tmp_path / "s.zarr"), "--models", "m1,m2",
-                                    "--mode", mode, "--epochs", "3", "--out", str(tmp_path / "r"),
+                                    "--mode", mode, "--lambdas", "1e-2,1e-1", "--oof-folds", "3",
+                                    "--out", str(tmp_path / "r"),
                                     "--n-boot", "100", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     folder = tmp_path / "r" / f"track3_ensemble-{mode}_m1+m2_all"
@@ -69,6 +103,7 @@ def test_cli_ensemble_modes_on_a_two_model_store(tmp_path, mode):
     assert summary["ci"]["balanced_accuracy"][1] > 1 / 5
     if mode == "learned-weights":
         assert set(summary["extra"]["weights"]) == {"m1", "m2"}
+        assert "out-of-fold" in summary["extra"]["weights_fitted_on"]
     one = CliRunner().invoke(main, ["ensemble", "--store", str(tmp_path / "s.zarr"), "--models", "m1",
                                     "--out", str(tmp_path / "r")])
     assert one.exit_code != 0 and "at least two models" in one.output

@@ -35,15 +35,55 @@ def test_face_blind_probe_scores_chance_once_prior_corrected():
     assert r.ci_method == "cluster bootstrap over identities"
 
 
-def test_face_signal_survives_prior_correction_and_beats_the_null():
-    P, y, train, groups, _ = _frequency_world(face_signal=1.0, seed=2)
-    r = forced_choice(P, y, prior=train_prior(train, n_classes=20), n_way=2, groups=groups, seed=3,
-                      null_repeats=20, n_boot=300)
+def _blind_probas(n, prior, seed):
+    """What a probe refit on names shuffled across identities predicts: the prior, no face evidence."""
+    rng = np.random.default_rng(seed)
+    logits = np.log(prior)[None, :] + rng.normal(scale=0.5, size=(n, prior.size))
+    P = np.exp(logits)
+    return P / P.sum(axis=1, keepdims=True)
+
+
+def test_face_signal_beats_the_refit_null_and_each_score_sits_beside_its_own():
+    P, y, train, groups, prior = _frequency_world(face_signal=1.0, seed=2)
+    nulls = [_blind_probas(len(y), prior, 100 + i) for i in range(20)]
+    p_train = train_prior(train, n_classes=20)
+    r = forced_choice(P, y, prior=p_train, n_way=2, groups=groups, seed=3, null_probas=nulls, n_boot=300)
     assert r.prior_corrected.ci_low > 0.55
-    # The null is not exactly 0.5: a shuffled name equals the true one at the prior-matched rate.
-    assert r.null["q975"] < r.prior_corrected.accuracy - 0.05
-    assert r.null["p_value"] < 0.1 and r.null["shuffled_across"] == "identities"
+    # Refit on shuffled names, a probe knows the frequencies only: its prior-corrected score is
+    # chance, its raw score is the face-blind rule's.
+    assert r.prior_corrected.null_mean == pytest.approx(0.5, abs=0.02)
+    assert r.raw.null_mean == pytest.approx(r.prior_only.accuracy, abs=0.03)
+    assert r.null["mean"] == r.prior_corrected.null_mean and r.null["repeats"] == 20
+    assert r.null["p_value"] < 0.1 and r.null["shuffled_across"] == "identities" and "refit" in r.null["method"]
+    assert r.prior_corrected.null_q975 < r.prior_corrected.accuracy
     assert r.raw.ci_low <= r.raw.accuracy <= r.raw.ci_high
+    with pytest.raises(ValueError, match="not both"):
+        forced_choice(P, y, prior=p_train, null_probas=nulls, null_repeats=5)
+
+
+def test_refit_null_of_the_linear_probe_centres_on_chance(tmp_path):
+    # The shuffled-name null of `probes linear --permutations N --forced-choice`: N refits on names
+    # shuffled across identities, scored against the true test names under the same foils.
+    from click.testing import CliRunner
+
+    from probes.cli import main
+    from tests.synthetic import planted_store
+
+    store = planted_store(tmp_path / "s.zarr", n_names=8, images_per_person=6, signal=1.0, seed=7)
+    res = CliRunner().invoke(main, ["linear", "--store", str(store.path), "--model", "toy", "--forced-choice",
+                                    "--permutations", "6", "--lambdas", "1e-3,1e-2,1e-1,1", "--n-boot", "100",
+                                    "--threads", "1", "--device", "cpu", "--out", str(tmp_path / "r"),
+                                    "--experiment", "fc"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    s = json.loads((tmp_path / "r" / "track3_fc" / "summary.json").read_text())
+    for fc in (e for e in s["extra"]["forced_choice"] if e["n_way"] == 2):
+        null = fc["null"]["by_score"]
+        assert null["prior_corrected"]["mean"] == pytest.approx(0.5, abs=0.07), fc
+        assert fc["prior_corrected"]["accuracy"] > null["prior_corrected"]["q975"]
+        assert fc["prior_corrected"]["null_mean"] == null["prior_corrected"]["mean"]
+        assert fc["null"]["repeats"] == 6 and s["permutation"]["n"] == 6
 
 
 def test_no_signal_ci_includes_chance():
@@ -81,5 +121,6 @@ def test_report_covers_every_protocol():
     assert [(r["n_way"], r["foils"]) for r in rep] == [(2, "uniform"), (2, "popularity"), (4, "uniform"),
                                                        (4, "popularity")]
     assert all({"raw", "prior_corrected", "prior_only", "seed"} <= set(r) for r in rep)
+    assert all(r["null"] is None and r["raw"]["null_mean"] is None for r in rep)
     with pytest.raises(ValueError, match="positive"):
         forced_choice(P, y, prior=np.zeros(20))

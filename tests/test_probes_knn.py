@@ -91,27 +91,61 @@ def test_bad_arguments_explain_themselves():
         KNNProbe().predict(X)
 
 
+def test_k_and_temperature_are_chosen_on_validation():
+    from probes.knn import select_k_and_temperature
+    from probes.metrics import balanced_accuracy
+
+    X, y = _blobs(n_per=80, n_classes=4, spread=0.9, seed=4)
+    y_idx = np.unique(y, return_inverse=True)[1]
+    rng = np.random.default_rng(5)
+    noisy = y_idx.copy()
+    flip = rng.random(len(y_idx)) < 0.35  # a third of the database labels are wrong: k=1 copies them
+    noisy[flip] = rng.integers(0, 4, flip.sum())
+    tr, va = np.arange(0, 320, 2), np.arange(1, 320, 2)
+    k, T, table = select_k_and_temperature(X[tr], noisy[tr], X[va], y_idx[va], n_classes=4, ks=(1, 5, 40),
+                                           temperatures=(0.07, 0.5))
+    assert len(table) == 6 and {(r["k"], r["temperature"]) for r in table} == {(a, b) for a in (1, 5, 40)
+                                                                              for b in (0.07, 0.5)}
+    by_k = {r["k"]: r["val_balanced_accuracy"] for r in table if r["temperature"] == T}
+    assert k != 1 and by_k[k] > by_k[1]
+    # The table is what a fresh probe at that (k, T) scores on the validation rows.
+    probe = KNNProbe((k,), k=k, temperature=T).fit(X[tr], noisy[tr])
+    assert balanced_accuracy(y_idx[va], probe.predict(X[va])) == pytest.approx(by_k[k])
+
+
 def test_cli_knn_writes_a_result_folder_on_a_planted_store(tmp_path):
     import json
 
     from click.testing import CliRunner
 
     from probes.cli import main
+    from probes.metrics import balanced_accuracy
     from probes.results import read_result
     from tests.synthetic import planted_store
 
-    planted_store(tmp_path / "s.zarr", n_names=6, images_per_person=4, dim=16, signal=2.0, seed=0)
+    store = planted_store(tmp_path / "s.zarr", n_names=6, images_per_person=4, dim=16, signal=2.0, seed=0)
     res = CliRunner().invoke(main, ["knn", "--store", str(tmp_path / "s.zarr"), "--model", "toy", "--ks", "5,10",
-                                    "--k", "10", "--out", str(tmp_path / "res"), "--n-boot", "200",
-                                    "--forced-choice", "--device", "cpu"])
+                                    "--temperatures", "0.07,0.2", "--out", str(tmp_path / "res"), "--n-boot", "200",
+                                    "--forced-choice", "--null-repeats", "5", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     folder = tmp_path / "res" / "track3_toy_knn_all"
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["probe"]["k"] == 10 and summary["probe"]["temperature"] == 0.07
-    assert set(summary["extra"]["per_k"]) == {"5", "10"}
+    x = summary["extra"]
+    assert x["k"] in (5, 10) and x["temperature"] in (0.07, 0.2) and x["k_and_temperature"] == "chosen on validation"
+    assert summary["probe"]["k"] == x["k"] and summary["probe"]["temperature"] == x["temperature"]
+    assert len(x["selection"]) == 4 and "per_k" not in x  # test metrics for the chosen (k, T) only
     assert summary["ci"]["balanced_accuracy"][0] > 1 / 6  # a planted signal beats chance
     assert summary["split"]["by"] == "identity"
-    assert [fc["n_way"] for fc in summary["extra"]["forced_choice"]] == [2, 2, 4, 4]
+    assert [fc["n_way"] for fc in x["forced_choice"]] == [2, 2, 4, 4]
+    assert x["forced_choice"][0]["null"]["repeats"] == 5
     r = read_result(folder)
     assert len(r.predictions) == summary["metrics"]["n_test"]
-    assert "k=10" in res.output and "faiss cpu" in res.output
+    # The test metrics are those of a kNN at the chosen (k, T) over train+val.
+    from probes.data import load_xy
+    from probes.splits import load_split
+
+    split = load_split(store, summary["split"]["name"])
+    tv, te = (load_xy(store, "toy", split=split, subset=s) for s in ("trainval", "test"))
+    probe = KNNProbe((x["k"],), k=x["k"], temperature=x["temperature"]).fit(tv.X, tv.y)
+    assert balanced_accuracy(te.y, probe.predict(te.X)) == pytest.approx(summary["metrics"]["balanced_accuracy"])
+    assert f"k={x['k']}" in res.output and "faiss cpu" in res.output

@@ -13,16 +13,19 @@ from probes.knn import KNNProbe
 from probes.supcon import MPerClassSampler, SupConHead, SupConLoss, supcon_loss
 
 
-def reference_supcon(features: torch.Tensor, labels: torch.Tensor, T: float = 0.07, base_T: float = 0.07) -> float:
-    """Khosla et al. eq. 2 (L_out) written as loops, in float64."""
+def reference_supcon(features: torch.Tensor, labels: torch.Tensor, T: float = 0.07, base_T: float = 0.07,
+                     groups=None) -> float:
+    """Khosla et al. eq. 2 (L_out) written as loops, in float64; with ``groups``, another image of
+    the anchor's own person is left out like the anchor itself."""
     z = features.double() / features.double().norm(dim=1, keepdim=True)
     n = len(labels)
+    same = (lambda i, a: a == i) if groups is None else (lambda i, a: groups[a] == groups[i])
     total, anchors = 0.0, 0
     for i in range(n):
-        positives = [p for p in range(n) if p != i and labels[p] == labels[i]]
+        positives = [p for p in range(n) if not same(i, p) and labels[p] == labels[i]]
         if not positives:
             continue
-        denom = sum(math.exp(float(z[i] @ z[a]) / T) for a in range(n) if a != i)
+        denom = sum(math.exp(float(z[i] @ z[a]) / T) for a in range(n) if not same(i, a))
         total += -sum(float(z[i] @ z[p]) / T - math.log(denom) for p in positives) / len(positives)
         anchors += 1
     return (T / base_T) * total / anchors
@@ -35,6 +38,16 @@ def test_loss_equals_reference(T):
     y = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 3, 4, 5, 5, 6, 7])  # 4, 6, 7 have no positive
     got = SupConLoss(T)(f, y)
     assert float(got) == pytest.approx(reference_supcon(f, y, T), rel=1e-9)
+
+
+def test_loss_with_identities_equals_the_reference_without_same_person_pairs():
+    g = torch.Generator().manual_seed(1)
+    f = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3])
+    people = torch.tensor([0, 0, 1, 2, 3, 3, 4, 5, 5, 6, 7, 8])  # name 2 is one person: no positive left
+    got = SupConLoss(0.1)(f, y, people)
+    assert float(got) == pytest.approx(reference_supcon(f, y, 0.1, groups=people.tolist()), rel=1e-9)
+    assert float(got) != pytest.approx(reference_supcon(f, y, 0.1), rel=1e-3)
 
 
 def test_no_nan_when_anchors_lack_positives_and_gradients_flow():
@@ -66,6 +79,23 @@ def test_sampler_gives_every_anchor_positives():
         MPerClassSampler(labels, m=4, batch_size=18)
 
 
+def test_identity_aware_sampler_draws_positives_from_other_people():
+    rng = np.random.default_rng(0)
+    people_per_name = [6, 5, 4, 3, 2, 1, 1, 6]
+    person_name = np.repeat(np.arange(8), people_per_name)
+    images = rng.integers(2, 9, size=person_name.size)  # several images per person
+    person = np.repeat(np.arange(person_name.size), images)
+    labels = person_name[person]
+    s = MPerClassSampler(labels, groups=person, m=4, batch_size=16, seed=2)
+    assert s.n_single_identity == 2 and s.by_identity  # names 5 and 6 are one person each: left out
+    for batch in s:
+        for c in np.unique(labels[batch]):
+            rows = [i for i in batch if labels[i] == c]
+            # m = 4 distinct people whenever the name has that many; else every one of them.
+            assert len(rows) % 4 == 0 and len(np.unique(person[rows])) >= min(4, people_per_name[c]), (c, rows)
+            assert c not in (5, 6)
+
+
 def _hidden_signal(n_names=8, per_name=80, signal_dim=4, noise_dim=60, seed=0):
     """Name signal in 4 weak dimensions, buried under 60 loud noise dimensions; train/val halves."""
     rng = np.random.default_rng(seed)
@@ -81,7 +111,8 @@ def _hidden_signal(n_names=8, per_name=80, signal_dim=4, noise_dim=60, seed=0):
 def test_head_recovers_a_signal_hidden_in_noise():
     X, y, Xv, yv = _hidden_signal()
     raw = KNNProbe(ks=(10,), k=10).fit(X, y).score(Xv, yv)
-    head = SupConHead(64, out_dim=16, epochs=30, batch_size=64, m_per_class=8, lr=3e-3, random_state=0).fit(X, y)
+    head = SupConHead(64, out_dim=16, epochs=30, batch_size=64, m_per_class=8, lr=3e-3, representation="projection",
+                      random_state=0).fit(X, y)
     Z, Zv = head.transform(X), head.transform(Xv)
     assert Z.shape == (len(X), 16)
     np.testing.assert_allclose(np.linalg.norm(Zv, axis=1), 1.0, rtol=1e-5)
@@ -89,7 +120,8 @@ def test_head_recovers_a_signal_hidden_in_noise():
     assert head.loss_history_[-1] < head.loss_history_[0]
     assert learned > raw + 0.15, (raw, learned)
     assert head.samples_per_second_ > 0
-    hidden = SupConHead(64, out_dim=16, epochs=1, batch_size=64, representation="hidden").fit(X, y).transform(Xv)
+    assert SupConHead().representation == "hidden"  # the encoder-output analogue, as the paper probes
+    hidden = SupConHead(64, out_dim=16, epochs=1, batch_size=64).fit(X, y).transform(Xv)
     assert hidden.shape == (len(Xv), 64)
 
 
@@ -109,6 +141,8 @@ def test_cli_supcon_head_writes_a_result_folder(tmp_path):
     summary = json.loads((tmp_path / "r" / "track3_toy_supcon_all" / "summary.json").read_text())
     assert summary["family"] == "supcon" and summary["probe"]["head"]["temperature"] == 0.07
     assert summary["extra"]["head_trained_on"] == "train" and len(summary["extra"]["head_loss_history"]) == 3
+    assert summary["extra"]["representation"] == "hidden" and summary["probe"]["linear"]["converged"]
+    assert summary["extra"]["positives"] == "other people of the same name"
     assert summary["ci"]["balanced_accuracy"][1] > 1 / 5
 
 
@@ -123,7 +157,7 @@ def test_encoder_training_reads_train_images_only_and_saves_a_loadable_checkpoin
     from tests.conftest import write_chips
 
     root = tmp_path / "chips"
-    write_chips(root, {n: {f"{n}{p}": 3 for p in range(3)} for n in ("Ann", "Bob", "Cid")}, size=40)
+    write_chips(root, {n: {f"{n}{p}": 3 for p in range(4)} for n in ("Ann", "Bob", "Cid")}, size=40)
     store = create_store(tmp_path / "s.zarr")
     store.sync_index(scan_dataset(root), workers=1)
     split = make_split(store, by="identity", val=0.2, test=0.3, seed=0)
@@ -151,3 +185,20 @@ def test_encoder_training_reads_train_images_only_and_saves_a_loadable_checkpoin
     enc = load_encoder("supcon-resnet50", weights=str(ckpt), device="cpu")
     out = enc.encode(enc.collate([enc.preprocessor()(np.zeros((40, 40, 3), np.uint8))]))
     assert out["projection"].shape == (1, 8) and out["embedding"].shape[0] == 1
+    assert config["extra"]["positives"].startswith("other people")
+    # Embedded into the store, the vectors carry the split the encoder saw; another split is refused.
+    from facestore.build import build_store
+    from probes.errors import SplitError
+    from probes.linear_experiment import LinearConfig, run_linear
+    from probes.supcon import encoder_split
+
+    monkeypatch.undo()
+    build_store(root, store, "supcon-resnet50", weights=str(ckpt), device="cpu", workers=0, progress=False)
+    assert encoder_split(store.model_spec("supcon-resnet50"))["hash"] == split.hash
+    other = make_split(store, by="identity", val=0.2, test=0.3, seed=1)
+    cfg = LinearConfig(model="supcon-resnet50", lambdas=(1e-2,), extend_grid=False, n_boot=50, device="cpu",
+                       n_threads=1)
+    with pytest.raises(SplitError, match="train one encoder per split seed"):
+        run_linear(store, config=cfg, split=other, out=tmp_path / "r")
+    summary = run_linear(store, config=cfg, split=split, out=tmp_path / "r")
+    assert summary["split"]["hash"] == split.hash

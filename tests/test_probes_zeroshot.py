@@ -81,6 +81,35 @@ def test_prior_correction_fitted_on_validation_reduces_the_frequent_name_bias(co
         ZeroShotClassifier(prior_correction=correction).fit(T)
 
 
+def test_fit_bias_removes_the_name_prior_on_a_face_blind_problem():
+    # Faces carry no name; the text encoder favours name 0, validation and test favour name 3.
+    from probes.metrics import balanced_accuracy, prediction_cv
+
+    rng = np.random.default_rng(3)
+    C, D = 8, 16
+    centres = rng.normal(size=(C, D))
+    common = rng.normal(size=D)
+    text = centres.copy()
+    text[0] += 3 * common
+    prior = np.roll(1.0 / np.arange(1, C + 1), 3)
+    y = rng.choice(C, size=6000, p=prior / prior.sum())
+    X = common + rng.normal(size=(6000, D))  # independent of y: face-blind
+    T = TextEmbeddingsArrays(names=tuple(f"n{c}" for c in range(C)), templates=("{}",),
+                             embeddings=text[:, None, :].astype(np.float32), logit_scale=50.0)
+    raw = ZeroShotClassifier().fit(T)
+    fixed = ZeroShotClassifier(prior_correction="fit-bias").fit(T, X[:2000], y[:2000])
+    Xt, yt = X[2000:], y[2000:]
+    pred_raw, pred_fixed = raw.predict(Xt), fixed.predict(Xt)
+    idx = {n: i for i, n in enumerate(raw.classes_)}
+    pr, pf = np.array([idx[p] for p in pred_raw]), np.array([idx[p] for p in pred_fixed])
+    assert prediction_cv(pf, n_classes=C) < prediction_cv(pr, n_classes=C) - 0.5
+    se = np.sqrt(np.sum([(1 / C) * (1 - 1 / C) / max(1, np.sum(yt == c)) for c in range(C)])) / C
+    assert balanced_accuracy(yt, pf) >= balanced_accuracy(yt, pr) - 2 * se
+    # The correction moves the decision; predict_proba stays the model's own softmax.
+    np.testing.assert_allclose(fixed.predict_proba(Xt), raw.predict_proba(Xt), rtol=1e-6)
+    assert not np.allclose(fixed.predict_proba_adjusted(Xt), raw.predict_proba(Xt))
+
+
 def test_cli_zeroshot_on_a_store_with_text_embeddings(tmp_path):
     from click.testing import CliRunner
 

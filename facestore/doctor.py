@@ -128,6 +128,35 @@ def _hf_info() -> dict[str, Any]:
     }
 
 
+def _pipeline_info() -> dict[str, Any]:
+    """What a build would use here: usable cores, default decode workers, /dev/shm, the JPEG decoder."""
+    info: dict[str, Any] = {}
+    try:
+        from facestore.build import cgroup_cpu_limit, default_workers, shm_free_bytes, usable_cores
+
+        info["usable_cores"] = usable_cores()
+        info["cgroup_cpu_quota"] = cgroup_cpu_limit()
+        info["default_workers"] = default_workers()
+        free = shm_free_bytes()
+        info["dev_shm_free_mib"] = None if free is None else round(free / 2**20)
+    except Exception as e:  # report, never crash
+        info["error"] = f"{type(e).__name__}: {e}"
+    try:
+        from facestore.images import fast_jpeg_available
+
+        info["jpeg_decoder"] = ("torchvision (libjpeg-turbo, pixels identical to PIL) for plain JPEGs, PIL otherwise"
+                                if fast_jpeg_available() else "PIL only (torchvision's decoder missing or different)")
+    except Exception as e:
+        info["jpeg_decoder"] = f"unknown ({type(e).__name__}: {e})"
+    try:
+        from facestore.models.hub import offline_reason
+
+        info["hub"] = offline_reason() or "reachable (or behind a proxy)"
+    except Exception as e:
+        info["hub"] = f"unknown ({type(e).__name__}: {e})"
+    return info
+
+
 def doctor_report() -> dict[str, Any]:
     """Everything the report shows, as JSON-able data."""
     versions = {dist: _version(dist) for dist, _ in _LIBRARIES}
@@ -140,6 +169,7 @@ def doctor_report() -> dict[str, Any]:
         "onnxruntime": _onnxruntime_info(),
         "faiss": _faiss_info(),
         "huggingface": _hf_info(),
+        "pipeline": _pipeline_info(),
     }
     warnings = list(report["onnxruntime"]["warnings"])
     torch_info = report["torch"]
@@ -148,6 +178,11 @@ def doctor_report() -> dict[str, Any]:
                         "CPU (and `--device cuda` refuses it). Install onnxruntime-gpu (see above).")
     if torch_info.get("cuda_available") and report["faiss"].get("gpus", 0) == 0:
         warnings.append("torch sees a GPU but faiss has none: kNN probes run on the CPU (install faiss-gpu-cu12).")
+    shm = report["pipeline"].get("dev_shm_free_mib")
+    if shm is not None and shm < 1024:
+        warnings.append(f"/dev/shm has {shm} MiB free: builds lower their decode prefetch depth or worker count to "
+                        "fit (a container's default 64 MB holds under two batches); run the container with "
+                        "--shm-size=8g to decode on every core.")
     report["warnings"] = warnings
     return report
 
@@ -178,6 +213,18 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["", "faiss:", f"  {f.get('error') or 'version ' + str(f.get('version'))}; GPUs: {f.get('gpus', 0)}"]
     h = report["huggingface"]
     lines += ["", "huggingface:", f"  hub cache: {h['hub_cache']}", f"  offline: {h['offline']}; token present: {h['token_present']}"]
+    p = report.get("pipeline", {})
+    lines += ["", "build pipeline:"]
+    if "error" in p:
+        lines.append(f"  {p['error']}")
+    else:
+        quota = p.get("cgroup_cpu_quota")
+        lines.append(f"  usable cores {p.get('usable_cores')} (affinity mask"
+                     + (f", cgroup quota {quota:g}" if quota is not None else ", no cgroup quota")
+                     + f"); default decode workers {p.get('default_workers')}; /dev/shm free: "
+                     + (f"{p['dev_shm_free_mib']} MiB" if p.get("dev_shm_free_mib") is not None else "n/a"))
+    lines.append(f"  JPEG decoding: {p.get('jpeg_decoder')}")
+    lines.append(f"  hub: {p.get('hub')}")
     if report["warnings"]:
         lines += ["", "warnings:"] + [f"  ! {w}" for w in report["warnings"]]
     return "\n".join(lines)

@@ -292,13 +292,17 @@ def test_gated_repo_says_accept_licence_login_or_weights(monkeypatch):
 
 
 def test_bad_weights_dirs(tiny, tmp_path):
-    with pytest.raises(WeightsNotFoundError, match="not a directory"):
+    with pytest.raises(WeightsNotFoundError, match="does not exist.*save_pretrained"):
         load_encoder("dinov2-small", weights=str(tmp_path / "missing"), device="cpu")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WeightsNotFoundError, match="not a directory"):
+        load_encoder("dinov2-small", weights=str(tmp_path / "file"), device="cpu")
     with pytest.raises(WeightsNotFoundError, match="'siglip' checkpoint"):
         load_encoder("dinov2-small", weights=str(tiny["siglip"]), device="cpu")
     pickled_only = shutil.copytree(tiny["dinov2"], tmp_path / "bin_only")
     (pickled_only / "model.safetensors").unlink()
-    with pytest.raises(WeightsNotFoundError, match="safetensors only"):
+    (pickled_only / "pytorch_model.bin").write_bytes(b"never read")
+    with pytest.raises(WeightsNotFoundError, match=r"no \*\.safetensors.*pytorch_model\.bin.*never unpickles"):
         load_encoder("dinov2-small", weights=str(pickled_only), device="cpu")
 
 

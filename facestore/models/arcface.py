@@ -41,6 +41,7 @@ import numpy as np
 from facestore.errors import DeviceError, PreprocessFailure, WeightsNotFoundError
 from facestore.models.base import Encoder, library_versions, sha256_of_files
 from facestore.models.spec import ModelSpec, Preprocessing
+from facestore.models.weights import check_readable, describe_folder
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,8 @@ def find_pack_files(weights: str | Path | None, *, default_dir: Path | None = No
             recognisers = [p for p in onnx_files if _is_recogniser(p)]
             if len(recognisers) != 1:
                 raise WeightsNotFoundError(
-                    f"arcface: {str(directory)!r} must hold {RECOGNISER_FILE} (or exactly one recognition .onnx); "
-                    f"found {[p.name for p in onnx_files]}. {_GET_PACK}"
+                    f"arcface: {str(directory)!r} must hold {RECOGNISER_FILE} (or exactly one recognition .onnx) and, "
+                    f"to detect faces, {DETECTOR_FILE}; {describe_folder(directory)}. {_GET_PACK}"
                 )
             rec = recognisers[0]
     det = directory / DETECTOR_FILE
@@ -411,6 +412,7 @@ def load(spec: ModelSpec, *, weights: Any, device: str, precision: str, options:
                          "(use auto or fp32)")
     opts = _options(spec, options)
     rec_path, det_path = find_pack_files(weights)
+    check_readable(spec.name, [rec_path] + ([det_path] if det_path is not None else []))
     if opts["arcface_align"] == "detect" and det_path is None:
         raise WeightsNotFoundError(
             f"arcface: arcface_align='detect' needs the detector {DETECTOR_FILE} next to {rec_path.name} in "

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 from facestore.errors import WeightsNotFoundError
 from facestore.models.base import Encoder, library_versions, sha256_of_files
+from facestore.models.hub import hub_call
+from facestore.models.weights import check_readable, readable_files, require_files, require_folder
 from facestore.models.preprocess import Normalizer, PixelPreprocessor, from_hf_processor, with_source
 from facestore.models.runtime import autocast_dtype, resolve_device, resolve_precision
 from facestore.models.spec import ModelSpec, Preprocessing
@@ -32,6 +34,22 @@ _RESIZE_DTYPE = {"dinov2": "uint8", "dinov3": "float32"}
 
 # Files whose bytes define a local checkpoint (weights, configs, tokenizer); hashed for identity.
 _IDENTITY_PATTERNS = ("*.safetensors", "*.json", "*.model")
+
+#: What a transformers ``--weights`` folder holds (named in every error about one).
+HF_FOLDER = ("a folder written by save_pretrained: config.json, model.safetensors (or sharded "
+             "model-*.safetensors + model.safetensors.index.json) and preprocessor_config.json")
+
+
+def check_weights_folder(spec: ModelSpec, weights: str | Path) -> Path:
+    """A transformers weights folder that has a config and safetensors weights, all readable.
+
+    Checked before transformers reads it: an empty folder, a folder of pickled ``.bin`` files
+    and an unreadable ``model.safetensors`` each get a message naming what was expected.
+    """
+    folder = require_folder(spec.name, weights, expected=HF_FOLDER)
+    require_files(spec.name, folder, [("config.json",), ("*.safetensors",)], expected=HF_FOLDER)
+    check_readable(spec.name, readable_files(folder, _IDENTITY_PATTERNS))
+    return folder
 
 
 # ---------------------------------------------------------------- device and precision
@@ -72,26 +90,27 @@ def from_pretrained(loader: Callable[..., Any], spec: ModelSpec, weights: str | 
     """
     kwargs.setdefault("trust_remote_code", False)
     if weights is not None:
-        path = Path(weights)
-        if not path.is_dir():
-            raise WeightsNotFoundError(
-                f"--weights {str(weights)!r} for {spec.name} is not a directory; pass the directory written by "
-                f"save_pretrained (config.json + model.safetensors) for {spec.source}"
-            )
-        target: str = str(path)
+        target: str = str(require_folder(spec.name, weights, expected=HF_FOLDER))
     else:
         target = spec.source
         if spec.revision:
             kwargs.setdefault("revision", spec.revision)
     try:
+        if weights is None:
+            # Offline (HF_HUB_OFFLINE, or no route to the hub): from the cache or one clear error, at once.
+            return hub_call(lambda: loader(target, **kwargs), model=spec.name, repo=spec.source, expected=HF_FOLDER,
+                            passthrough=_is_gated)
         return loader(target, **kwargs)
+    except WeightsNotFoundError:
+        raise
     except OSError as e:
         if weights is None and _is_gated(e):
             raise WeightsNotFoundError(gated_message(spec.source)) from e
         if weights is not None:
             raise WeightsNotFoundError(
-                f"could not load {spec.name} from --weights {str(weights)!r}: {e}. facestore loads safetensors only "
-                "(never pickled .bin files); re-save the checkpoint with save_pretrained(..., safe_serialization=True)"
+                f"could not load {spec.name} from --weights {str(weights)!r}: {e}. Expected {HF_FOLDER}; facestore "
+                "loads safetensors only (never pickled .bin files): re-save the checkpoint with "
+                "save_pretrained(..., safe_serialization=True)"
             ) from e
         raise WeightsNotFoundError(
             f"could not load {spec.source!r} for {spec.name}: no usable copy in the Hugging Face cache and the hub "
@@ -254,6 +273,8 @@ def load(spec: ModelSpec, *, weights: str | None, device: str, precision: str, o
         raise ValueError(f"{spec.name} takes no options, got {sorted(options)}")
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
+    if weights is not None:
+        check_weights_folder(spec, weights)
     config = from_pretrained(AutoConfig.from_pretrained, spec, weights)
     check_model_type(config, spec, _MODEL_TYPES[spec.family], weights)
     model = from_pretrained(AutoModel.from_pretrained, spec, weights, config=config, use_safetensors=True)

@@ -26,6 +26,8 @@ import numpy as np
 
 from facestore.errors import WeightsNotFoundError
 from facestore.models.base import Encoder, library_versions, sha256_of_files
+from facestore.models.hub import hub_call
+from facestore.models.weights import check_readable, require_files, require_folder
 from facestore.models.spec import ModelSpec, Preprocessing
 from facestore.models.runtime import autocast, resolve_device, resolve_precision
 from facestore.models.timm_family import TorchEncoder
@@ -33,6 +35,8 @@ from facestore.models.timm_family import TorchEncoder
 log = logging.getLogger(__name__)
 
 LOCAL_CONFIG = "open_clip_config.json"
+LOCAL_FOLDER = (f"an open_clip folder with {LOCAL_CONFIG} (model_cfg + preprocess_cfg) and "
+                "open_clip_model.safetensors, e.g. a download of the Hugging Face repo timm/vit_base_patch32_clip_224.openai")
 
 # open_clip PreprocessCfg.resize_mode -> our Preprocessing.resize
 _RESIZE_MODES = {"shortest": "shortest_edge", "squash": "squash"}
@@ -115,21 +119,13 @@ def _check_visual(spec: ModelSpec, model: Any) -> None:
 def _load_local(spec: ModelSpec, weights: str | Path) -> tuple[Any, dict[str, Any], str]:
     import open_clip
 
-    path = Path(weights).expanduser()
+    path = require_folder(spec.name, weights, expected=LOCAL_FOLDER)
     cfg_file = path / LOCAL_CONFIG
-    if not path.is_dir() or not cfg_file.is_file():
-        raise WeightsNotFoundError(
-            f"{spec.name}: --weights {str(path)!r} must be an open_clip folder with {LOCAL_CONFIG} "
-            "(model_cfg + preprocess_cfg) and open_clip_model.safetensors, e.g. a download of the "
-            "Hugging Face repo timm/vit_base_patch32_clip_224.openai"
-        )
+    # Without safetensors open_clip would silently initialise randomly (or unpickle a .bin).
+    require_files(spec.name, path, [(LOCAL_CONFIG,), ("*.safetensors",)], expected=LOCAL_FOLDER)
     st = sorted(path.glob("*.safetensors"))
     preferred = [p for p in st if p.name == "open_clip_model.safetensors"]
-    if not st:
-        raise WeightsNotFoundError(
-            f"{spec.name}: {str(path)!r} has {LOCAL_CONFIG} but no *.safetensors weights (open_clip would silently "
-            "initialise randomly); facestore never unpickles .bin/.pt files"
-        )
+    check_readable(spec.name, [cfg_file, *st])
     if len(st) > 1 and not preferred:
         raise WeightsNotFoundError(f"{spec.name}: several safetensors files in {str(path)!r}: {[p.name for p in st]}; "
                                    "keep one, named open_clip_model.safetensors")
@@ -151,8 +147,12 @@ def _load_pretrained(spec: ModelSpec) -> tuple[Any, dict[str, Any], str]:
         raise ValueError(f"{spec.name}: open_clip has no pretrained tag {tag!r} for {name!r}; "
                          f"known: {open_clip.list_pretrained_tags_by_model(name)}")
     try:
-        model = open_clip.create_model(name, pretrained=tag, device="cpu",
-                                       force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)))
+        model = hub_call(lambda: open_clip.create_model(name, pretrained=tag, device="cpu",
+                                                        force_quick_gelu=bool(tag_cfg.get("quick_gelu", False))),
+                         model=spec.name, repo=str(tag_cfg.get("hf_hub") or spec.source).rstrip("/"),
+                         expected=LOCAL_FOLDER)
+    except WeightsNotFoundError:
+        raise
     except (RuntimeError, OSError) as e:  # open_clip wraps hub/cache failures in RuntimeError
         raise WeightsNotFoundError(
             f"{spec.name}: could not load open_clip weights {name!r} pretrained={tag!r} (hub "

@@ -25,6 +25,7 @@ from facestore.models.base import Encoder
 from facestore.models.hf_vit import (
     autocast_dtype,
     check_model_type,
+    check_weights_folder,
     from_pretrained,
     load_preprocessing,
     resolve_device,
@@ -174,6 +175,8 @@ def load(spec: ModelSpec, *, weights: str | None, device: str, precision: str, o
         raise ValueError(f"{spec.name} takes no options, got {sorted(options)}")
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
+    if weights is not None:
+        check_weights_folder(spec, weights)
     config = from_pretrained(AutoConfig.from_pretrained, spec, weights)
     check_model_type(config, spec, "siglip", weights)
     model = from_pretrained(AutoModel.from_pretrained, spec, weights, config=config, use_safetensors=True)

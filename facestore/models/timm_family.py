@@ -48,6 +48,8 @@ import numpy as np
 
 from facestore.errors import WeightsNotFoundError
 from facestore.models.base import Encoder, library_versions, sha256_of_files
+from facestore.models.hub import hub_call
+from facestore.models.weights import check_readable, describe_folder, pickled_hint, require_files, require_folder
 from facestore.models.runtime import autocast, resolve_device, resolve_precision
 from facestore.models.spec import ModelSpec, Preprocessing
 
@@ -206,12 +208,8 @@ def _safetensors_in(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.safetensors"))
 
 
-def _pickled_hint(directory: Path) -> str:
-    pickled = [p.name for p in directory.glob("*") if p.suffix in (".bin", ".pth", ".pt", ".ckpt")]
-    if not pickled:
-        return ""
-    return (f" Found {pickled}: facestore never unpickles weights; convert them with "
-            "safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors').")
+TIMM_WEIGHTS = ("a timm folder (config.json + model.safetensors, as written by timm.models.save_for_hf) or "
+                "one .safetensors file (or a folder holding exactly one)")
 
 
 def _load_timm_weights(spec: ModelSpec, weights: str | Path) -> tuple[Any, dict[str, Any]]:
@@ -219,13 +217,10 @@ def _load_timm_weights(spec: ModelSpec, weights: str | Path) -> tuple[Any, dict[
 
     path = Path(weights).expanduser()
     if not path.exists():
-        raise WeightsNotFoundError(f"{spec.name}: --weights {str(path)!r} does not exist")
+        raise WeightsNotFoundError(f"{spec.name}: --weights {str(path)!r} does not exist; pass {TIMM_WEIGHTS}")
     if path.is_dir() and (path / "config.json").is_file():
-        st = path / "model.safetensors"
-        if not st.is_file():
-            raise WeightsNotFoundError(
-                f"{spec.name}: timm folder {str(path)!r} has config.json but no model.safetensors.{_pickled_hint(path)}"
-            )
+        (st,) = require_files(spec.name, path, [("model.safetensors",)], expected=TIMM_WEIGHTS)
+        check_readable(spec.name, [path / "config.json", st])
         # Pass config.json's model_args explicitly too: timm releases before ~1.0.20 ignore them
         # in local-dir folders and would build the default architecture size.
         model_args = json.loads((path / "config.json").read_text()).get("model_args", {})
@@ -236,14 +231,15 @@ def _load_timm_weights(spec: ModelSpec, weights: str | Path) -> tuple[Any, dict[
             found = _safetensors_in(path)
             if len(found) != 1:
                 raise WeightsNotFoundError(
-                    f"{spec.name}: --weights {str(path)!r} must hold a timm folder (config.json + model.safetensors) "
-                    f"or exactly one *.safetensors file; found {[p.name for p in found]}.{_pickled_hint(path)}"
+                    f"{spec.name}: --weights {str(path)!r} must be {TIMM_WEIGHTS}; {describe_folder(path)}."
+                    f"{pickled_hint(path)}"
                 )
             path = found[0]
         if path.suffix != ".safetensors":
             raise WeightsNotFoundError(
                 f"{spec.name}: --weights {str(path)!r} is not a .safetensors file; facestore never unpickles weights"
             )
+        check_readable(spec.name, [path])
         model = timm.create_model(spec.source, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
         files = [path]
     identity = {"kind": "local", "path_name": Path(weights).name, "sha256": sha256_of_files(files)}
@@ -254,7 +250,10 @@ def _load_timm_hub(spec: ModelSpec) -> tuple[Any, dict[str, Any]]:
     import timm
 
     try:
-        model = timm.create_model(spec.source, pretrained=True)
+        model = hub_call(lambda: timm.create_model(spec.source, pretrained=True), model=spec.name,
+                         repo=f"timm/{spec.source}", expected=TIMM_WEIGHTS)
+    except WeightsNotFoundError:
+        raise
     except Exception as e:  # hub/network/cache errors surface as many types; all mean "no weights here"
         raise WeightsNotFoundError(
             f"{spec.name}: could not load timm weights {spec.source!r} from the Hugging Face cache or hub "
@@ -502,7 +501,10 @@ def _load_supcon(spec: ModelSpec, *, weights: Any, device: Any, precision: str) 
             f"{spec.name} has no public weights: train it with `probes supcon --train-encoder` and pass the "
             "checkpoint folder as --weights DIR"
         )
-    directory = Path(weights).expanduser()
+    expected = (f"the folder written by `probes supcon --train-encoder` ({SUPCON_CONFIG} + {SUPCON_WEIGHTS})")
+    directory = require_folder(spec.name, weights, expected=expected)
+    found = require_files(spec.name, directory, [(SUPCON_CONFIG,), (SUPCON_WEIGHTS,)], expected=expected)
+    check_readable(spec.name, found)
     encoder, projector, config = load_supcon_checkpoint(directory)
     preprocessing = Preprocessing.from_dict({**config["preprocessing"], "source": "supcon-checkpoint"})
     channels_last = device.type == "cuda"

@@ -470,3 +470,13 @@ def test_the_store_package_has_no_import_cycle():
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert "facestore.store.store" not in imported, module
+
+
+def test_a_member_with_damaged_metadata_is_named_and_hides_nothing(tmp_path):
+    store = planted_store(tmp_path / "p.zarr", n_names=3, dim=4, models=("toy", "ok"))
+    (store.path / "models" / "toy" / "zarr.json").write_text("{not json")
+    with pytest.raises(StoreCorruptError, match="member 'models/toy' cannot be read"):
+        open_store(store.path).load("toy")
+    problems = verify_store(store.path, check_files=False)
+    assert [(p.kind, p.model) for p in problems] == [("unreadable", "toy")]
+    assert open_store(store.path).load("ok")[0].shape[1] == 4

@@ -203,6 +203,11 @@ class Store:
             self._require_writable()
             _codec.check_no_symlink(self.path, self.path / path)
             return root.require_group(path)
+        except (PermissionError, MemoryError):
+            raise
+        except Exception as e:  # a member whose zarr.json is not valid metadata
+            raise StoreCorruptError(f"{self.path}: member {path!r} cannot be read ({type(e).__name__}: {e}); "
+                                    f"{_verify_hint(self.path)}") from None
 
     def _require_writable(self) -> None:
         if self.mode == "r":
@@ -512,13 +517,19 @@ class Store:
         shutil.rmtree(base / _LABEL_NEXT, ignore_errors=True)
 
     # ------------------------------------------------------------------ models
+    def _children(self, rel: str) -> list[str]:
+        """Sub-groups of the group at ``rel``, from the directory listing (so that one member with
+        damaged metadata cannot hide the others); hidden names (temporaries) are never listed."""
+        try:
+            entries = list(os.scandir(self.path / rel))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+                      and os.path.exists(os.path.join(e.path, "zarr.json")))
+
     @property
     def models(self) -> list[str]:
-        try:
-            g = self._group(layout.MODELS)
-        except KeyError:
-            return []
-        return sorted(k for k in g.group_keys() if not k.startswith("."))
+        return self._children(layout.MODELS)
 
     def _model_group(self, model: str):
         try:
@@ -710,10 +721,7 @@ class Store:
                           "created": _now()})
 
     def text_template_sets(self, model: str) -> list[str]:
-        try:
-            return sorted(self._group(f"{layout.model_path(model)}/{layout.TEXT}").group_keys())
-        except KeyError:
-            return []
+        return self._children(f"{layout.model_path(model)}/{layout.TEXT}")
 
     def text_embeddings(self, model: str, template_set: str = "plan") -> TextEmbeddings:
         try:
@@ -804,10 +812,7 @@ class Store:
         return values, attrs
 
     def _list(self, kind: str) -> list[str]:
-        try:
-            return sorted(k for k in self._group(kind).group_keys() if not k.startswith("."))
-        except KeyError:
-            return []
+        return self._children(kind)
 
     def save_split(self, name: str, assignment: np.ndarray, attrs: dict[str, Any]) -> None:
         """Save a split: ``assignment`` per row, 0 train, 1 val, 2 test, -1 not in the split (atomically)."""

@@ -5,7 +5,8 @@
 - (a) ``build_store`` images/s end to end (scan, decode in workers, preprocess, forward, write);
 - (b) the plan's naive loop: PIL open, ``AutoImageProcessor`` per batch, fp32 forward, a list of
   CLS vectors, ``np.save``;
-- (c) forward only, on pre-decoded, pre-processed tensors, at the precision (a) used.
+- (c) forward only, on pre-decoded, pre-processed tensors, at the precision (a) used;
+- (d) decoding alone on the same workers (the floor; ``benchmarks/pipeline.py`` has every stage).
 
 Targets (issue 2): a/b >= 2.0 and a/c >= 0.85. Rows per family at real size (ours vs the
 naive per-library loop: HF processor per batch, open_clip preprocess per image, timm transforms
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results" / "extract.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def write_chips(root: Path, n: int, *, size: int = 512, seed: int = 0) -> list[Path]:
@@ -64,6 +66,20 @@ def make_dinov2(out: Path, *, size: str) -> Path:
                              patch_size=14, image_size=518)).save_pretrained(out)
     BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, do_center_crop=True,
                       resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(out)
+    return out
+
+
+def make_siglip(out: Path) -> Path:
+    """SigLIP base (patch 16, 224 px: SiglipConfig's defaults) with random weights and its image processor."""
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    torch.manual_seed(0)
+    # In-vocabulary special ids (the defaults name CLIP's, outside SigLIP's 32,000 tokens).
+    config = SiglipConfig(text_config={"pad_token_id": 1, "bos_token_id": 1, "eos_token_id": 1})
+    SiglipModel(config).save_pretrained(out)
+    SiglipImageProcessor(size={"height": 224, "width": 224}, resample=3, image_mean=[0.5] * 3,
+                         image_std=[0.5] * 3).save_pretrained(out)
     return out
 
 
@@ -200,9 +216,16 @@ def main() -> None:
                  workers=args.workers)
         b = naive_hf(paths, dino_s, device=device, batch=bs)
         c, precision = forward_only(paths, "dinov2-small", dino_s, device=device, batch=bs)
+        from facestore.build import default_workers
+        from pipeline import stage_rate
+
+        workers = default_workers() if args.workers is None else args.workers
+        floor = stage_rate([str(p) for p in paths], workers=workers, batch=bs, decoder="auto")
         rows += [
             ("(a) build_store, dinov2-small size", "(b) plan's naive loop (fp32)", a, b, ">= 2.0"),
             ("(a) build_store, dinov2-small size", f"(c) forward only ({precision})", a, c, ">= 0.85"),
+            ("(a) build_store, dinov2-small size", f"(d) decode only, {workers} worker(s) (the floor)", a, floor,
+             "GPU: >= 0.70"),
         ]
         if not args.quick:
             fam = write_chips(tmp / "fam", args.family_images, seed=1)
@@ -229,7 +252,9 @@ def main() -> None:
     from facestore.doctor import doctor_report
 
     cpu = doctor_report()["torch"]
-    header = (f"# Extraction benchmark\n\nMachine: {platform.machine()}, {os.cpu_count()} CPUs "
+    load = os.getloadavg()
+    header = (f"# Extraction benchmark\n\nLoad average at the end (1/5/15 min): {load[0]:.1f} / {load[1]:.1f} / "
+              f"{load[2]:.1f} (the CPU box is shared). Machine: {platform.machine()}, {os.cpu_count()} CPUs "
               f"({cpu.get('cpu_capability')}, CPU bf16: {cpu.get('cpu_bf16')}), torch {torch.__version__}, "
               f"device {device}, batch {args.batch_size}, {n} main chips of 512x512 JPEG, random weights at "
               f"real size. Command: `python benchmarks/extract.py {' '.join(sys.argv[1:])}`\n\n")

@@ -29,6 +29,28 @@ def _preprocessing(p) -> str:
     return f"{geom}, {p.interpolation}; {p.channel_order}; mean ({mean}), std ({std})"
 
 
+def _pipe(spec) -> tuple[str, str]:
+    """What crosses from the decode workers to the device for ``spec``, and why, from the family's own classes."""
+    from facestore.models.hf_vit import _RESIZE_DTYPE
+    from facestore.models.pixels import PixelsPreprocessor
+    from facestore.models.preprocess import PixelPreprocessor
+
+    if spec.family == "arcface":
+        return ("uint8", "the aligned 112x112 crop; (x - 127.5) / 127.5 is applied in the main process before "
+                         "`session.run` (onnxruntime takes host arrays)")
+    if spec.family == "pixels":
+        pre = PixelsPreprocessor(spec.preprocessing.size)
+        return ("float32", f"area averages are not integers; {pre.output_nbytes / 1024:.0f} KB per image")
+    # The crop's offset rounding (floor or round by family) changes which pixels, never their dtype.
+    pre = PixelPreprocessor(spec.preprocessing, resize_dtype=_RESIZE_DTYPE.get(spec.family, "uint8"))
+    if pre.output_dtype == "uint8":
+        return ("uint8", f"resized and cropped in the worker ({pre.output_nbytes / 1024:.0f} KB per image); "
+                         "normalised on the device")
+    return ("float32", "its reference processor rescales to float before resizing; a uint8 resize would differ by up "
+                       f"to 1/255 at edges ({pre.output_nbytes / 1024:.0f} KB per image, 0..255 scale, normalised on "
+                       "the device)")
+
+
 def render() -> str:
     """The whole of docs/models.md."""
     lines = [
@@ -58,6 +80,20 @@ def render() -> str:
         lines.append(f"- `{s.name}`: {s.description}. Pooling: {s.pooling or 'n/a'}.")
         for v in s.views:
             lines.append(f"  - `{v.name}` ({v.dim}): {v.description}")
+    lines += [
+        "",
+        "## Pixels through the worker pipe",
+        "",
+        "What the decode workers hand to the main process per image (`facestore build`): `uint8` wherever the",
+        "reference preprocessing allows it, normalised on the device inside `Encoder.encode`. Models with equal",
+        "pixel preprocessing in one command share the same pixels (computed and copied once).",
+        "",
+        "| name | pixels | why |",
+        "|---|---|---|",
+    ]
+    for s in specs:
+        dtype, why = _pipe(s)
+        lines.append(f"| `{s.name}` | {dtype} | {why} |")
     lines += [
         "",
         "## Licences to note",

@@ -856,9 +856,9 @@ def _build(data, store, names, *, weight_paths, model_options, batch_size, devic
             if group is None:
                 if isinstance(e, FacestoreError):
                     raise
-                done = sum(r.chunks_written for r in runs)
+                done = ", ".join(f"{r.name} {r.chunks_written}" for r in runs)
                 raise BuildError(
-                    f"the build stopped: {type(e).__name__}: {e}. The {done} chunk(s) committed in this run are kept "
+                    f"the build stopped: {type(e).__name__}: {e}. The chunks committed in this run ({done}) are kept "
                     f"in {getattr(st, 'path', store)}; run the same command again to resume from the first pending "
                     "chunk (`facestore info STORE` shows what is done)"
                 ) from e
@@ -1009,7 +1009,9 @@ def _run_chunks(runs: list[_ModelRun], groups: list[_PixelGroup], paths: list[st
     pipeline.update(workers=workers, prefetch=prefetch, worker_start="spawn" if spawn else "default")
     dataset = ChunkDecoder(tasks, paths, {g.gid: g.preprocessor for g in groups},
                            {g.gid: g.members for g in groups}, {g.gid: g.stack for g in groups},
-                           decoder="pil" if decode == "draft" else decode, draft_size=draft_size)
+                           # "draft" without a size (a model needs full resolution) is a full PIL decode.
+                           decoder="draft" if draft_size else ("pil" if decode == "draft" else decode),
+                           draft_size=draft_size)
     loader = DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
         pin_memory=device.startswith("cuda"), worker_init_fn=_worker_init if workers else None,

@@ -233,12 +233,20 @@ def test_settings_that_change_bits_are_recorded_and_refused_on_resume(chips, wei
     np.testing.assert_allclose(X, np.stack([_area_32_any(data / i) for i in ids]), atol=2e-3)  # float16 store
 
 
-def test_draft_decoding_records_its_size(chips, weights, tmp_path):
-    report = build_store(chips, tmp_path / "d", ["pixels-32", "dinov2-small"], weights=_w(weights, ["dinov2-small"]),
-                         chunk_rows=4, workers=0, decode="draft", progress=False)
-    spec = facestore.open_store(tmp_path / "d").model_spec("dinov2-small")["pipeline"]
+def test_draft_decoding_is_used_and_records_its_size(tmp_path, weights):
+    data = tmp_path / "big"
+    write_chips(data, {"Anna": {"p1": 2}, "Bob": {"p2": 2}}, size=512, seed=3)  # 512 px: 1/2 scale keeps 256
+    kw = dict(weights=_w(weights, ["dinov2-small"]), chunk_rows=4, workers=0, dtype="float32", progress=False)
+    report = build_store(data, tmp_path / "d", ["pixels-32", "dinov2-small"], decode="draft", **kw)
+    build_store(data, tmp_path / "f", ["pixels-32", "dinov2-small"], **kw)
+    d, f = facestore.open_store(tmp_path / "d"), facestore.open_store(tmp_path / "f")
+    spec = d.model_spec("dinov2-small")["pipeline"]
     # The largest side any model of the command needs: dinov2 resizes the short side to 256.
     assert spec["decode"] == "draft" and spec["draft_size"] == 256 == report.pipeline["draft_size"]
+    assert f.model_spec("dinov2-small")["pipeline"]["decode"] == "full"
+    # The DCT-scaled decode really ran: other pixels, close to the full decode's.
+    a, b = d.load("pixels-32")[0], f.load("pixels-32")[0]
+    assert not np.array_equal(a, b) and np.abs(a - b).mean() < 2 / 255
 
 
 def _run(name: str, pending: dict[int, np.ndarray]) -> _ModelRun:

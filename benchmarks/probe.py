@@ -75,7 +75,9 @@ def main(argv=None) -> str:
     ap.add_argument("--quick", action="store_true", help="5,000 x 128, 50 classes")
     ap.add_argument("--device", default="cpu", help="device of the sweep: cpu, cuda")
     ap.add_argument("--tol", type=float, default=None, help="LinearSweep tol (default: the library's)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads of both sides (torch's intra-op and scikit-learn's OpenMP/BLAS); default: each "
+                         "library's own")
     ap.add_argument("--sklearn-max-iter", type=int, default=100, help="scikit-learn's max_iter (its default 100)")
     ap.add_argument("--skip-sklearn", action="store_true", help="time only the sweep (large CUDA runs)")
     ap.add_argument("--out", default=None, help="markdown output (default benchmarks/results/probe[_cuda].md)")
@@ -85,8 +87,11 @@ def main(argv=None) -> str:
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
-    from probes.linear import DEFAULT_TOL, LinearSweep, _validation_metrics, c_from_lambda, default_lambdas, select
+    from probes.linear import DEFAULT_TOL, LinearSweep, c_from_lambda, default_lambdas
+    from probes.linear_path import select, validation_metrics
+    from probes.ridge_screen import RidgeScreen
 
     tol = DEFAULT_TOL if args.tol is None else args.tol
     X, y = planted(args.n, args.dim, args.classes, signal=args.signal)
@@ -98,6 +103,13 @@ def main(argv=None) -> str:
     Xva, yva = X[n_tr:n_tr + n_va], y[n_tr:n_tr + n_va]
     Xte, yte = X[n_tr + n_va:], y[n_tr + n_va:]
     grid = default_lambdas()
+    # Warm both libraries up (lazy initialisation, thread pools) on a sliver, outside the timings.
+    LinearSweep([1e-2], extend_grid=False, features="none", refit=False, classes=np.arange(args.classes),
+                device=args.device, n_threads=args.threads).fit(Xtr[:500], ytr[:500], X_val=Xtr[500:700],
+                                                                y_val=ytr[500:700])
+    with warnings.catch_warnings(), threadpool_limits(args.threads):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        LogisticRegression(max_iter=5).fit(Xtr[:500], ytr[:500])
     load_before = _load()
     rows, detail = [], []
 
@@ -116,12 +128,12 @@ def main(argv=None) -> str:
         for lam in grid:
             C = c_from_lambda(lam, n_tr)
             t1 = time.perf_counter()
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), threadpool_limits(args.threads):
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 clf = LogisticRegression(C=C, solver="lbfgs", max_iter=args.sklearn_max_iter).fit(Xtr, ytr)
             dt = time.perf_counter() - t1
             t_sk += dt
-            val = _validation_metrics(clf.decision_function(Xva).astype(np.float64), yva, "balanced_accuracy")
+            val = validation_metrics(clf.decision_function(Xva).astype(np.float64), yva, "balanced_accuracy")
             sk[lam] = {"clf": clf, "n_iter": int(clf.n_iter_[0]), "s": dt, "val_bal": val["val_balanced_accuracy"],
                        **val}
         # The same selection rule as LinearSweep's (probes.linear.select) on scikit-learn's fits.
@@ -132,13 +144,21 @@ def main(argv=None) -> str:
                      len(grid), best_sk, theirs))
     rows.append((f"LinearSweep (L-BFGS path, tol {tol:g} relative, coarse-to-fine)", args.device, t_sweep,
                  sum(cv["n_iter"]), len(cv["n_iter"]), sweep.best_params_["lambda"], ours))
+    # The closed-form ridge screen (not logistic regression: no probabilities, so no log-loss).
+    t0 = time.perf_counter()
+    screen = RidgeScreen(grid, features="none", device=args.device).fit(Xtr, ytr, X_val=Xva, y_val=yva)
+    t_screen = time.perf_counter() - t0
+    scr = _test_metrics(_softmax(screen.decision_function(Xte)), yte)
+    scr["log_loss"] = scr["log_loss_se"] = float("nan")
+    rows.append(("RidgeScreen (closed-form ridge, one eigendecomposition; a screen, refit on train+val)",
+                 args.device, t_screen, 0, len(grid), screen.best_params_["lambda"], scr))
 
     base = rows[0][2]
     se = ours["top1_se"]
     lines = [
         f"# benchmarks/probe.py: {args.n:,} x {args.dim}, {args.classes} classes, planted signal {args.signal}",
         "",
-        f"host {platform.node()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
+        f"host {platform.node()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, threads (both sides) "
         f"{args.threads or 'default'}; load average (1/5/15 min) {load_before} before, {_load()} after",
         f"train {len(ytr):,}, validation {len(yva):,}, test {len(yte):,} rows; chance {1 / args.classes:.4f}, "
         f"majority class {np.mean(yte == np.bincount(ytr).argmax()):.4f}; the same {len(grid)}-value lambda grid "
@@ -149,9 +169,9 @@ def main(argv=None) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, dev, t, its, fits, lam, m in rows:
+        ll = "-" if m["log_loss"] != m["log_loss"] else f"{m['log_loss']:.4f} ({m['log_loss_se']:.4f})"
         lines.append(f"| {name} | {dev} | {t:.1f} | {base / t:.2f}x | {its} ({fits}) | {lam:.3g} | "
-                     f"{m['top1']:.4f} ({m['top1_se']:.4f}) | {m['balanced']:.4f} | "
-                     f"{m['log_loss']:.4f} ({m['log_loss_se']:.4f}) |")
+                     f"{m['top1']:.4f} ({m['top1_se']:.4f}) | {m['balanced']:.4f} | {ll} |")
     if sk:
         d_acc = ours["top1"] - theirs["top1"]
         d_ll = ours["log_loss"] - theirs["log_loss"]

@@ -282,11 +282,11 @@ def select_k_and_temperature(train_X, train_y, val_X, val_y, *, n_classes: int, 
                              device: str = "auto") -> tuple[int, float, list[dict]]:
     """``(k, T, table)``: k and T chosen on validation (train rows as the database).
 
-    Selection as the linear probe's (:func:`probes.linear.select`): the validation balanced
+    Selection as the linear probe's (:func:`probes.linear_path.select`): the validation balanced
     accuracy, values within one standard error tied, ties broken by the class-balanced log-loss of
     the (smoothed) vote shares. ``table`` holds every (k, T) with its validation metrics.
     """
-    from probes.linear import _validation_metrics, select
+    from probes.linear_path import select, validation_metrics
 
     probe = KNNProbe(tuple(ks), k=max(ks), temperature=1.0, device=device).fit(train_X, train_y)
     result = probe.search(val_X)
@@ -298,7 +298,7 @@ def select_k_and_temperature(train_X, train_y, val_X, val_y, *, n_classes: int, 
                                    k=min(k, labels.shape[1]), temperature=T)
             P = (_widen(votes, probe.classes_, n_classes) + VOTE_SMOOTHING) / (1 + n_classes * VOTE_SMOOTHING)
             rows.append({"k": int(k), "temperature": float(T),
-                         **_validation_metrics(np.log(P), np.asarray(val_y), "balanced_accuracy")})
+                         **validation_metrics(np.log(P), np.asarray(val_y), "balanced_accuracy")})
     best = rows[select(rows, "balanced_accuracy")]
     return best["k"], best["temperature"], rows
 

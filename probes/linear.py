@@ -16,12 +16,14 @@ its iterations, final gradient and a ``converged`` flag.
 
 :class:`LinearProbe` is one head. :class:`LinearSweep` walks a log grid of lambdas from strong
 to weak regularisation, warm-starting each fit from its neighbour's solution and L-BFGS memory;
-by default it fits every other grid value, stops the walk once validation has got worse for
-``patience`` values in a row (and the validation log-loss with it), then fits the skipped
+by default it fits every other grid value, stops the walk once a value past the selected one
+raised the validation loss without a clearly better score (``patience``), then fits the skipped
 neighbours of the best value (both at once, as one ``(D, 2C)`` matrix). The best value is chosen
-on validation only: the score (balanced accuracy by default), ties broken by the validation
-log-loss. A best value on the grid's edge extends the grid; the chosen head is refit on
-train+validation (warm-started, converged too).
+on validation only (:func:`probes.linear_path.select`): the score (balanced accuracy by default), scores within one
+standard error of the best counted as ties, ties broken by the validation log-loss
+(class-balanced for balanced accuracy), never by "the more regularised". A best value on the
+grid's edge extends the grid; the chosen head is refit on train+validation (warm-started,
+converged too).
 
 Balancing (``balance``):
 - ``none``: plain cross-entropy.
@@ -46,7 +48,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from probes.errors import NotEnoughDataError, ProbeConfigError
-from probes.solvers import adam, lbfgs, lipschitz_bound, resolve_device, threads
+from probes.linear_path import Path, select, validation_metrics  # noqa: F401 (select, validation_metrics re-exported)
+from probes.solvers import adam, lbfgs, resolve_device, threads
 
 __all__ = [
     "BALANCE_MODES",
@@ -206,19 +209,12 @@ class _Fitter:
             self.sw = torch.from_numpy(sw).to(device=device, dtype=dtype)
             self.weight_total = float(sw.sum())
         self.scale = _gradient_scale(self.X, self.y, n_classes, self.sw)
-        self._L = None
-
-    @property
-    def lipschitz(self) -> float:
-        if self._L is None:
-            self._L = lipschitz_bound(self.X, None if self.sw is None else self.sw / self.sw.sum())
-        return self._L
 
     def fit(self, lambdas, *, solver, tol, max_iter, W0=None, b0=None, memory=None, adam_options=None, seed=0):
         """Fit one head per lambda; ``tol`` is relative (see the module docstring)."""
         if solver == "lbfgs":
             return lbfgs(self.X, self.y, n_classes=self.n_classes, lambdas=lambdas, sample_weight=self.sw, W0=W0,
-                         b0=b0, memory=memory, tol=tol * self.scale, max_iter=max_iter, lipschitz=self.lipschitz)
+                         b0=b0, memory=memory, tol=tol * self.scale, max_iter=max_iter)
         opts = dict(adam_options or {})
         return adam(self.X, self.y, n_classes=self.n_classes, lambdas=lambdas, sample_weight=self.sw,
                     tol=tol * self.scale, seed=seed, W0=W0, b0=b0, **opts)
@@ -389,23 +385,19 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(scores, axis=1)]
 
 
-def _score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    from probes.metrics import accuracy, balanced_accuracy, macro_f1
-
-    return {"balanced_accuracy": balanced_accuracy, "accuracy": accuracy, "macro_f1": macro_f1}[metric](y_true, y_pred)
-
-
 class LinearSweep(ClassifierMixin, BaseEstimator):
     """The regularisation path of :class:`LinearProbe`, the best lambda picked on validation, then refit.
 
     Args:
         lambdas: the grid (default :func:`default_lambdas`: 15 values, 1e-6 .. 10).
         search: ``"coarse-to-fine"`` (default: every other value strong to weak, the walk stopped
-            after ``patience`` values worse than the best in score and log-loss, then the skipped
-            neighbours of the best) or ``"full"`` (every value).
+            once ``patience`` values in a row past the selected one raised the validation loss
+            without a better score, then the skipped neighbours of the best) or ``"full"``
+            (every value).
         taus: logit-adjustment strengths tried per lambda with ``balance="logit-adjust"``.
-        scoring: ``balanced_accuracy`` (default), ``accuracy`` or ``macro_f1``; ties are broken by
-            the validation log-loss (of the adjusted probabilities with logit adjustment).
+        scoring: ``balanced_accuracy`` (default), ``accuracy`` or ``macro_f1``; scores within one
+            standard error of the best are ties, broken by the validation log-loss (see
+            :func:`probes.linear_path.select`; of the adjusted probabilities with logit adjustment).
         extend_grid, extend_steps, max_extensions: when the best value is the grid's strongest or
             weakest, fit ``extend_steps`` more values beyond it (at the grid's spacing), at most
             ``max_extensions`` times; ``edge_optimum_`` says whether it is still on the edge.
@@ -432,7 +424,7 @@ class LinearSweep(ClassifierMixin, BaseEstimator):
         tol: float = DEFAULT_TOL,
         max_iter: int = 1000,
         search: str = "coarse-to-fine",
-        patience: int = 2,
+        patience: int = 1,
         lr: float = 1e-3,
         max_epochs: int = 100,
         batch_size: int = 1024,
@@ -532,7 +524,7 @@ class LinearSweep(ClassifierMixin, BaseEstimator):
             fitter = _Fitter(X_tr, y_tr, n_classes=n_classes, features=self.features, balance=self.balance,
                              device=dev, dtype=dt)
             Xv = fitter.features.transform(torch.from_numpy(X_va).to(device=dev, dtype=dt))
-            path = _Path(self, fitter, Xv, yv_idx, taus, lp, seed)
+            path = Path(self, fitter, Xv, yv_idx, taus, lp, seed)
             path.run(grid)
         self._fitter_features = fitter.features
         self.fit_time_ = time.perf_counter() - t0
@@ -631,164 +623,6 @@ class LinearSweep(ClassifierMixin, BaseEstimator):
     def predict(self, X):
         """Names predicted by the refit head (argmax of the decision)."""
         return self._est().predict(X)
-
-
-def _validation_metrics(z: np.ndarray, y: np.ndarray, scoring: str) -> dict:
-    """Validation score, its standard error and the log-losses of one head's decision logits ``z``."""
-    pred = z.argmax(1)
-    present, inv = np.unique(y, return_inverse=True)
-    support = np.bincount(inv, minlength=present.size).astype(np.float64)
-    recall = np.bincount(inv, weights=(pred == y), minlength=present.size) / support
-    acc = float(np.mean(pred == y))
-    m = z.max(axis=1, keepdims=True)
-    ce = np.log(np.exp(z - m).sum(axis=1)) + m[:, 0] - z[np.arange(len(y)), y]
-    score = _score(scoring, y, pred)
-    if scoring == "accuracy":
-        se = math.sqrt(max(acc * (1 - acc), 1e-12) / len(y))
-    else:  # balanced accuracy (macro F1 borrows its error: both are means over names)
-        se = math.sqrt(float(np.sum(recall * (1 - recall) / support))) / present.size
-    return {"val_score": score, "val_score_se": se, "val_accuracy": acc,
-            "val_balanced_accuracy": float(recall.mean()), "val_log_loss": float(ce.mean()),
-            "val_balanced_log_loss": float(np.mean(np.bincount(inv, weights=ce) / support))}
-
-
-def select(rows, scoring: str) -> int:
-    """The index of the selected row: the lowest validation loss among the rows whose score is
-    within one standard error of the best score (differences inside the validation noise are
-    ties), so a noisy score curve cannot pick an over- or under-fitted lambda; never "the more
-    regularised". The loss is the class-balanced log-loss for balanced accuracy and macro F1
-    (the proper scoring rule of the balanced error), the plain log-loss for accuracy.
-    """
-    loss = "val_log_loss" if scoring == "accuracy" else "val_balanced_log_loss"
-    top = max(range(len(rows)), key=lambda i: (rows[i]["val_score"], -rows[i][loss]))
-    cut = rows[top]["val_score"] - rows[top]["val_score_se"]
-    tied = [i for i in range(len(rows)) if rows[i]["val_score"] >= cut]
-    return min(tied, key=lambda i: (rows[i][loss], -rows[i]["val_score"]))
-
-
-class _Path:
-    """One walk along the regularisation path of a :class:`LinearSweep` (its fitted rows and heads)."""
-
-    def __init__(self, sweep: LinearSweep, fitter: _Fitter, Xv, yv, taus, lp, seed):
-        self.s = sweep
-        self.fitter = fitter
-        self.Xv, self.yv, self.taus, self.lp, self.seed = Xv, yv, taus, lp.astype(np.float32), seed
-        self.rows: list[dict] = []
-        self.heads: list[tuple[np.ndarray, np.ndarray]] = []
-        self.state: dict[float, tuple] = {}  # lambda -> (W (D,1,C), b (1,C), memory) for warm starts
-        self.extensions: list[dict] = []
-        self.stopped: str | None = None
-        self.grid: list[float] = []
-
-    def _fit(self, lambdas, start, stage):
-        """Fit ``lambdas`` (one batch) from the warm start of the solved lambda ``start`` (or zeros)."""
-        import torch
-
-        W0 = b0 = memory = None
-        if start is not None:
-            W, b, mem = self.state[start]
-            g = len(lambdas)
-            W0, b0 = W.expand(-1, g, -1).contiguous(), b.expand(g, -1).contiguous()
-            if mem is not None:
-                memory = mem.for_lambdas(lambdas, members=[0] * g)
-        t0 = time.perf_counter()
-        res = self.fitter.fit(lambdas, solver=self.s.solver, tol=self.s.tol, max_iter=self.s.max_iter, W0=W0, b0=b0,
-                              memory=memory, adam_options=dict(lr=self.s.lr, max_epochs=self.s.max_epochs,
-                                                               batch_size=self.s.batch_size), seed=self.seed)
-        secs = (time.perf_counter() - t0) / len(lambdas)
-        for g, lam in enumerate(lambdas):
-            W, b = res.W[g], res.b[g]
-            mem = None if res.memory is None else res.memory.for_lambdas([lam], members=[g])
-            self.state[lam] = (W[:, None, :], b[None, :], mem)
-            zv = (self.Xv @ W + b).cpu().numpy().astype(np.float64)
-            self.rows.append({"lambda": lam, **self._score(zv), "n_iter": int(res.n_iter[g]),
-                              "grad_norm": float(res.grad_norm[g]) / self.fitter.scale,
-                              "converged": bool(res.converged[g]), "solver_message": res.message[g],
-                              "stage": stage, "fit_seconds": secs})
-            self.heads.append((W.cpu().numpy(), b.cpu().numpy()))
-        self._prune(lambdas)
-        return self.rows[-len(lambdas):]
-
-    def _prune(self, latest):
-        """Keep L-BFGS memory only where a later fit can start: the latest, the best, the edges."""
-        lams = [r["lambda"] for r in self.rows]
-        keep = set(latest) | {self._best()["lambda"], min(lams), max(lams)}
-        for lam, (W, b, mem) in list(self.state.items()):
-            if lam not in keep and mem is not None:
-                self.state[lam] = (W, b, None)
-
-    def _score(self, zv):
-        """Validation metrics of one head, with its tau (logit adjustment) selected here."""
-        cands = []
-        for tau in self.taus:
-            z = zv if tau is None else zv - tau * self.lp
-            cands.append({"tau": tau, **_validation_metrics(z, self.yv, self.s.scoring)})
-        best = dict(cands[select(cands, self.s.scoring)])
-        best["by_tau"] = {str(c["tau"]): c["val_score"] for c in cands if c["tau"] is not None}
-        return best
-
-    def _best(self):
-        return self.rows[select(self.rows, self.s.scoring)]
-
-    def run(self, grid):
-        self.grid = list(grid)
-        if self.s.search == "full" or len(grid) < 5:
-            coarse = list(grid)
-        else:
-            coarse = grid[::2] + ([grid[-1]] if (len(grid) - 1) % 2 else [])
-        loss = "val_log_loss" if self.s.scoring == "accuracy" else "val_balanced_log_loss"
-        prev = None
-        for k, lam in enumerate(coarse):
-            self._fit([lam], prev, "path" if self.s.search == "full" else "coarse")
-            prev = lam
-            if self.s.search == "full" or k == len(coarse) - 1:
-                continue
-            # Walking toward weaker regularisation past the optimum: the selection loss rose at each
-            # of the last `patience` values and none of them is selected. The weaker values, the
-            # slowest to fit, cannot be selected unless validation turns around.
-            tail = self.rows[-(self.s.patience + 1):]
-            best = self._best()
-            if (len(tail) == self.s.patience + 1 and all(r is not best for r in tail[1:])
-                    and all(b[loss] > a[loss] for a, b in zip(tail, tail[1:]))):
-                self.stopped = (f"walk stopped after lambda {lam:.3g}: the validation loss rose "
-                                f"{self.s.patience} times in a row past the selected lambda {best['lambda']:.3g}")
-                break
-        self._refine()
-        self._extend()
-
-    def _refine(self):
-        """Fit the unfitted grid neighbours of the best lambda, both at once from its solution."""
-        best = self._best()["lambda"]
-        i = self.grid.index(best) if best in self.grid else None
-        if i is None:
-            return
-        fitted = {r["lambda"] for r in self.rows}
-        new = [self.grid[j] for j in (i - 1, i + 1) if 0 <= j < len(self.grid) and self.grid[j] not in fitted]
-        if new:
-            self._fit(new, best, "refine")
-
-    def _extend(self):
-        if not self.s.extend_grid or len(self.grid) < 2:
-            return
-        for _ in range(self.s.max_extensions):
-            best = self._best()["lambda"]
-            lams = sorted({r["lambda"] for r in self.rows} | set(self.grid), reverse=True)
-            if best not in (lams[0], lams[-1]):
-                return
-            ratio = self.grid[0] / self.grid[1]  # the grid's spacing (strong / next)
-            if best == lams[0]:
-                new, edge = [best * ratio ** k for k in range(1, self.s.extend_steps + 1)], "strong"
-            else:
-                new, edge = [best / ratio ** k for k in range(1, self.s.extend_steps + 1)], "weak"
-            self.extensions.append({"edge": edge, "added": [float(v) for v in new]})
-            prev = best
-            for lam in new:  # continue the path outward, one warm start after the other
-                self._fit([lam], prev, "extension")
-                prev = lam
-
-    def edge_optimum(self, best: float) -> bool:
-        lams = sorted({r["lambda"] for r in self.rows} | set(self.grid))
-        return len(lams) > 1 and best in (lams[0], lams[-1])
 
 
 def __getattr__(name: str):

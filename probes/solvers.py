@@ -97,10 +97,11 @@ class SolverResult:
 
 @dataclass
 class LBFGSMemory:
-    """Curvature pairs of G members: ``s`` and ``y`` lists of ``(W (D, G, C), b (G, C))`` tensors.
+    """Curvature pairs of G members: lists of ``s`` and ``y`` tensors ``(D + 1, G, C)`` (the last row
+    is the intercept's) and of ``rho`` ``(G,)`` float64 = ``1 / s.y`` (0 marks an empty slot).
 
-    ``y`` is stored as measured at ``lambdas`` (one per member); :meth:`for_lambdas` re-targets the
-    pairs to other lambdas exactly. ``rho`` (k, G) float64 is ``1 / s.y``; 0 marks an empty slot.
+    ``y`` is as measured at ``lambdas`` (one per member); :meth:`for_lambdas` re-targets the
+    pairs to other lambdas exactly.
     """
 
     s: list = field(default_factory=list)
@@ -121,36 +122,37 @@ class LBFGSMemory:
             raise ProbeConfigError(f"{lam.numel()} lambdas but {idx.numel()} source members")
         delta = lam - self.lambdas.index_select(0, idx)
         out = LBFGSMemory(lambdas=lam.clone())
-        for (sW, sb), (yW, yb), r in zip(self.s, self.y, self.rho):
-            sW, sb, yW, yb, r = (sW.index_select(1, idx), sb.index_select(0, idx), yW.index_select(1, idx),
-                                 yb.index_select(0, idx), r.index_select(0, idx))
-            yW = yW + delta.to(yW.dtype).view(1, -1, 1) * sW
-            sy = _dot(sW, yW) + _dot(sb, yb)
-            out.s.append((sW.contiguous(), sb.contiguous()))
-            out.y.append((yW.contiguous(), yb.contiguous()))
-            # rho = 1 / s.y at the new lambdas; an empty slot (rho 0) stays empty.
+        for s, y, r in zip(self.s, self.y, self.rho):
+            s, y, r = s.index_select(1, idx), y.index_select(1, idx), r.index_select(0, idx)
+            pen = _penalty_mask(s)
+            y = y + delta.to(y.dtype).view(1, -1, 1) * (s * pen)
+            sy = _dot(s, y)
+            out.s.append(s.contiguous())
+            out.y.append(y.contiguous())
             out.rho.append(torch.where((r > 0) & (sy > 0), 1.0 / sy.clamp_min(1e-300), torch.zeros_like(sy)))
         return out
 
 
+def _penalty_mask(theta):
+    """``(D + 1, 1, 1)``: 1 on the weight rows, 0 on the intercept row (not penalised)."""
+    pen = theta.new_ones(theta.shape[0], 1, 1)
+    pen[-1] = 0
+    return pen
+
+
 def _dot(a, b):
-    """Per-member dot products ``(G,)`` in float64 of ``(D, G, C)`` or ``(G, C)`` tensors."""
+    """Per-member dot products ``(G,)`` in float64 of ``(D + 1, G, C)`` tensors."""
     import torch
 
-    return (a * b).sum(dim=(0, 2) if a.ndim == 3 else 1, dtype=torch.float64)
-
-
-def _amax(a):
-    """Per-member largest absolute entry ``(G,)`` of ``(D, G, C)`` or ``(G, C)``."""
-    return a.abs().amax(dim=(0, 2)) if a.ndim == 3 else a.abs().amax(dim=1)
+    return (a * b).sum(dim=(0, 2), dtype=torch.float64)
 
 
 def lipschitz_bound(X, sample_weight=None, *, n_power: int = 30, seed: int = 0) -> float:
     """An estimate of the gradient's Lipschitz constant for the data term: ``lambda_max(A^T S A) / (2 sum s)``.
 
     ``A = [X, 1]`` (the intercept's column), ``S`` the sample weights; softmax cross-entropy has
-    Hessian at most ``1/2`` per row in every class direction, so ``1/(L + lambda)`` is a safe first
-    step. Power iteration (float64), inflated 10% against under-estimation.
+    Hessian at most ``1/2`` per row in every class direction. Power iteration (float64), inflated
+    10% against under-estimation.
     """
     import torch
 
@@ -170,14 +172,14 @@ def lipschitz_bound(X, sample_weight=None, *, n_power: int = 30, seed: int = 0) 
 
 
 class _Problem:
-    """The rows, one-hot structure and sample weights shared by every member."""
+    """The rows (with a column of ones for the intercept), labels and sample weights every member shares."""
 
     def __init__(self, X, y, *, n_classes, sample_weight=None):
         import torch
 
-        self.X = X.contiguous()
-        self.y = y
         self.n, self.d = X.shape
+        self.X = torch.cat([X, X.new_ones(self.n, 1)], dim=1).contiguous()  # (n, D + 1)
+        self.y = y
         self.c = int(n_classes)
         self.rows = torch.arange(self.n, device=X.device)
         self._X2 = None
@@ -190,12 +192,13 @@ class _Problem:
             self.total = float(sw.double().sum())
             self.w = (sw / self.total).to(X.dtype)  # normalised: the data term is a weighted mean
 
-    def logits(self, W, b):
-        """``(n, G, C)`` from ``W`` (D, G, C), ``b`` (G, C): one GEMM."""
+    def logits(self, T, rows=None):
+        """``(n, G, C)`` from ``T`` (D + 1, G, C): one GEMM."""
         import torch
 
-        g = W.shape[1]
-        return torch.addmm(b.reshape(1, g * self.c), self.X, W.reshape(self.d, g * self.c)).view(self.n, g, self.c)
+        g = T.shape[1]
+        X = self.X if rows is None else self.X[rows]
+        return torch.mm(X, T.reshape(self.d + 1, g * self.c)).view(X.shape[0], g, self.c)
 
     def data_loss(self, Z):
         """Per-member weighted mean cross-entropy ``(G,)`` in float64, with ``exp(Z - rowmax)`` and its
@@ -213,7 +216,7 @@ class _Problem:
         return loss, E, s
 
     def diag_curvature(self, Pm, *, exact: bool):
-        """The data Hessian's diagonal ``(hW (D, G, C), hb (G, C))``: sum_i s_i x_ij^2 p_ic (1 - p_ic) / sum s.
+        """The data Hessian's diagonal ``(D + 1, G, C)``: sum_i s_i x_ij^2 p_ic (1 - p_ic) / sum s.
 
         ``exact`` costs one GEMM (with the squared features); otherwise the product is separated
         into the feature second moments times the per-class mean of p (1 - p), which is free.
@@ -223,34 +226,41 @@ class _Problem:
         g = Pm.shape[1]
         V = Pm * (1 - Pm)
         V.mul_(self.w[:, None, None] if self.w is not None else 1.0 / self.n)
-        hb = V.sum(0)
         if exact:
             if self._X2 is None:
                 self._X2 = self.X * self.X
-            hW = torch.mm(self._X2.t(), V.view(self.n, g * self.c)).view(self.d, g, self.c)
-        else:
-            if self._m2 is None:
-                X2 = self.X * self.X
-                self._m2 = X2.mean(0) if self.w is None else (X2 * self.w[:, None]).sum(0)
-            hW = self._m2.view(-1, 1, 1) * hb.view(1, g, self.c)
-        return hW, hb
+            return torch.mm(self._X2.t(), V.view(self.n, g * self.c)).view(self.d + 1, g, self.c)
+        if self._m2 is None:
+            X2 = self.X * self.X
+            self._m2 = X2.mean(0) if self.w is None else (X2 * self.w[:, None]).sum(0)
+        return self._m2.view(-1, 1, 1) * V.sum(0).view(1, g, self.c)
 
-    def data_grad(self, Pm):
-        """``(gW (D, G, C), gb (G, C))`` of the data term from the softmax ``Pm`` (overwritten)."""
+    def data_grad(self, Pm, rows=None, scale=None):
+        """``(D + 1, G, C)`` gradient of the data term from the softmax ``Pm`` (overwritten)."""
         import torch
 
         g = Pm.shape[1]
-        R = Pm
-        R[self.rows, :, self.y] -= 1.0
-        if self.w is None:
-            scale = 1.0 / self.n
+        n = Pm.shape[0]
+        y = self.y if rows is None else self.y[rows]
+        X = self.X if rows is None else self.X[rows]
+        Pm[torch.arange(n, device=Pm.device), :, y] -= 1.0
+        if self.w is not None:
+            w = self.w if rows is None else self.w[rows] * (self.n / n)
+            Pm.mul_(w[:, None, None])
+            factor = 1.0
         else:
-            R.mul_(self.w[:, None, None])
-            scale = 1.0
-        Rm = R.view(self.n, g * self.c)
-        gW = torch.mm(self.X.t(), Rm).mul_(scale).view(self.d, g, self.c)
-        gb = Rm.sum(0).mul_(scale).view(g, self.c)
-        return gW, gb
+            factor = 1.0 / n
+        return torch.mm(X.t(), Pm.view(n, g * self.c)).mul_(factor).view(self.d + 1, g, self.c)
+
+
+def _pack(W0, b0, D, G, C, dev, dt):
+    import torch
+
+    W = torch.zeros(D, G, C, device=dev, dtype=dt) if W0 is None else W0.to(dev, dt)
+    b = torch.zeros(G, C, device=dev, dtype=dt) if b0 is None else b0.to(dev, dt)
+    if tuple(W.shape) != (D, G, C) or tuple(b.shape) != (G, C):
+        raise ProbeConfigError(f"warm start must be W (D, G, C) = {(D, G, C)} and b (G, C); got {tuple(W.shape)}")
+    return torch.cat([W, b[None]], dim=0).contiguous()
 
 
 def lbfgs(
@@ -267,7 +277,7 @@ def lbfgs(
     max_iter: int = 500,
     history: int = 10,
     lipschitz: float | None = None,
-    precondition: str = "diag",
+    precondition: str = "separable",
     refresh: int = 10,
 ) -> SolverResult:
     """Minimise G objectives (one per ``lambdas[g]``) over shared rows by batched L-BFGS.
@@ -281,11 +291,13 @@ def lbfgs(
         tol: convergence when max |gradient entry| <= tol (scikit-learn's ``gtol``).
         max_iter: iterations per member.
         history: L-BFGS memory length.
-        lipschitz: :func:`lipschitz_bound` of the data (computed when None).
-        precondition: the initial inverse Hessian of the two-loop recursion: ``"diag"`` (the
-            inverse of the exact Hessian diagonal, one GEMM every ``refresh`` iterations),
-            ``"separable"`` (feature second moments x per-class p(1-p), free) or ``"none"``
-            (a scalar). The unpenalised intercept and rare classes have far smaller curvature
+        lipschitz: :func:`lipschitz_bound` of the data (computed when None; only ``"none"``
+            preconditioning uses it).
+        precondition: the initial inverse Hessian of the two-loop recursion: ``"separable"``
+            (default: the Hessian diagonal approximated by feature second moments x per-class
+            p(1-p), refreshed every ``refresh`` iterations at no GEMM's cost), ``"diag"`` (the exact
+            diagonal, one more GEMM per refresh; no fewer iterations in our measurements) or
+            ``"none"`` (a scalar). The unpenalised intercept and rare classes have far smaller curvature
             than the penalised weights; without a diagonal model L-BFGS spends its memory on that.
 
     Returns a :class:`SolverResult` whose ``memory`` can warm-start a neighbouring lambda.
@@ -297,22 +309,20 @@ def lbfgs(
         raise ProbeConfigError(f"every lambda must be a finite number > 0, got {lam_list}")
     if tol <= 0 or max_iter < 1 or history < 1:
         raise ProbeConfigError(f"tol must be > 0, max_iter and history >= 1; got {tol}, {max_iter}, {history}")
+    if precondition not in ("diag", "separable", "none"):
+        raise ProbeConfigError(f"precondition must be 'diag', 'separable' or 'none', got {precondition!r}")
     P = _Problem(X, y, n_classes=n_classes, sample_weight=sample_weight)
     dev, dt = X.device, X.dtype
     G, D, C = len(lam_list), P.d, P.c
     lam = torch.tensor(lam_list, dtype=torch.float64, device=dev)
-    W = torch.zeros(D, G, C, device=dev, dtype=dt) if W0 is None else W0.to(dev, dt).clone().contiguous()
-    b = torch.zeros(G, C, device=dev, dtype=dt) if b0 is None else b0.to(dev, dt).clone().contiguous()
-    if tuple(W.shape) != (D, G, C) or tuple(b.shape) != (G, C):
-        raise ProbeConfigError(f"warm start must be W (D, G, C) = {(D, G, C)} and b (G, C); got {tuple(W.shape)}")
-    L = lipschitz_bound(X, P.w) if lipschitz is None else float(lipschitz)
+    T = _pack(W0, b0, D, G, C, dev, dt)
+    pen = _penalty_mask(T)
     mem = LBFGSMemory(lambdas=lam.clone()) if memory is None else memory
     if mem.lambdas.numel() != G or not torch.allclose(mem.lambdas, lam, rtol=1e-12, atol=0):
         raise ProbeConfigError("memory must be re-targeted to these lambdas first (LBFGSMemory.for_lambdas)")
     mem = LBFGSMemory(s=list(mem.s), y=list(mem.y), rho=[r.clone() for r in mem.rho], lambdas=lam.clone())
 
-    out_W = torch.empty(G, D, C, device=dev, dtype=dt)
-    out_b = torch.empty(G, C, device=dev, dtype=dt)
+    out = torch.empty(G, D + 1, C, device=dev, dtype=dt)
     n_iter, gnorm, losses = [0] * G, [float("nan")] * G, [float("nan")] * G
     conv, msg, fails = [False] * G, [""] * G, [0] * G
     final_pairs: dict[int, list] = {}
@@ -322,53 +332,46 @@ def lbfgs(
     # The loss is a float64 sum of per-row losses computed in the data's dtype: differences below
     # this level are round-off, so the Armijo test does not reject a good step for them.
     noise_scale = 10 * eps / math.sqrt(P.n)
+    col = (lambda v: v.to(dt).view(1, -1, 1))
 
-    if precondition not in ("diag", "separable", "none"):
-        raise ProbeConfigError(f"precondition must be 'diag', 'separable' or 'none', got {precondition!r}")
-    lam_dt = lam.to(dt)
     def inverse_diagonal(Pm):
         if precondition == "none":
-            return ((1.0 / (L + lam)).to(dt).view(1, -1, 1).expand(D, -1, C).contiguous(),
-                    (1.0 / (L + lam)).to(dt).view(-1, 1).expand(-1, C).contiguous())
-        hW, hb = P.diag_curvature(Pm, exact=precondition == "diag")
-        # Floors keep a class that the current point already fits perfectly from an infinite step.
-        floor = 1e-3 * float(hb.mean()) + 1e-12
-        return 1.0 / (hW + lam_dt.view(1, -1, 1) + floor), 1.0 / (hb + floor)
+            L = lipschitz_bound(X, P.w) if lipschitz is None else float(lipschitz)
+            return (1.0 / (L + lam)).to(dt).view(1, -1, 1).expand(D + 1, -1, C).contiguous()
+        h = P.diag_curvature(Pm, exact=precondition == "diag")
+        # A floor keeps a class the current point already fits perfectly from an infinite step.
+        floor = 1e-3 * float(h[-1].mean()) + 1e-12
+        return 1.0 / (h + col(lam) * pen + floor)
 
-    Z = P.logits(W, b)
+    Z = P.logits(T)
     data_f, E, ssum = P.data_loss(Z)
-    f = data_f + 0.5 * lam * _dot(W, W)
+    f = data_f + 0.5 * lam * _dot(T * pen, T)
     Pm = E.div_(ssum[:, :, None])
-    MW, Mb = inverse_diagonal(Pm)
-    gW, gb = P.data_grad(Pm)
-    gW.add_(lam_dt.view(1, -1, 1) * W)
+    M = inverse_diagonal(Pm)
+    grad = P.data_grad(Pm).add_(col(lam) * pen * T)
     del E, Pm
     since_refresh = 0
 
     def finish(positions, reason):
         for p in positions:
             m = active[p]
-            out_W[m], out_b[m] = W[:, p], b[p]
+            out[m] = T[:, p]
             losses[m] = float(f[p])
             msg[m] = reason(p)
-            final_pairs[m] = [((sW[:, p], sb[p]), (yW[:, p], yb[p]), r[p])
-                              for (sW, sb), (yW, yb), r in zip(mem.s, mem.y, mem.rho)]
+            final_pairs[m] = [(s_[:, p], y_[:, p], r_[p]) for s_, y_, r_ in zip(mem.s, mem.y, mem.rho)]
 
     def keep(positions):
-        nonlocal W, b, Z, f, data_f, gW, gb, lam, lam_dt, active, MW, Mb
+        nonlocal T, Z, f, data_f, grad, lam, active, M
         idx = torch.as_tensor(positions, dtype=torch.long, device=dev)
-        MW, Mb = MW.index_select(1, idx), Mb.index_select(0, idx)
-        W, gW = W.index_select(1, idx), gW.index_select(1, idx)
-        b, gb = b.index_select(0, idx), gb.index_select(0, idx)
-        Z = Z.index_select(1, idx)
-        f, data_f, lam, lam_dt = f[idx], data_f[idx], lam[idx], lam_dt[idx]
-        mem.s = [(sW.index_select(1, idx), sb.index_select(0, idx)) for sW, sb in mem.s]
-        mem.y = [(yW.index_select(1, idx), yb.index_select(0, idx)) for yW, yb in mem.y]
+        T, grad, M, Z = (t.index_select(1, idx) for t in (T, grad, M, Z))
+        f, data_f, lam = f[idx], data_f[idx], lam[idx]
+        mem.s = [t.index_select(1, idx) for t in mem.s]
+        mem.y = [t.index_select(1, idx) for t in mem.y]
         mem.rho = [r[idx] for r in mem.rho]
         active = [active[p] for p in positions]
 
     while active:
-        g_inf = torch.maximum(_amax(gW), _amax(gb)).double().tolist()
+        g_inf = grad.abs().amax(dim=(0, 2)).double().tolist()
         stop = {}
         for p, m in enumerate(active):
             gnorm[m] = g_inf[p]
@@ -377,8 +380,8 @@ def lbfgs(
                 stop[p] = f"converged in {n_iter[m]} iterations: max |gradient| {g_inf[p]:.2e} <= tol {tol:g}"
             elif fails[m] >= 2:
                 stop[p] = (f"line search made no progress at max |gradient| {g_inf[p]:.2e} > tol {tol:g} "
-                           f"(the round-off floor of {str(dt).replace('torch.', '')} on this data; try tol larger "
-                           "or float64)")
+                           f"(the round-off floor of {str(dt).replace('torch.', '')} on this data; try a larger "
+                           "tol or float64)")
             elif n_iter[m] >= max_iter:
                 stop[p] = f"max_iter={max_iter} reached with max |gradient| {g_inf[p]:.2e} > tol {tol:g}"
         if stop:
@@ -387,37 +390,29 @@ def lbfgs(
             if not active:
                 break
         g = len(active)
-        col = (lambda v: v.to(dt).view(1, g, 1))
-        row = (lambda v: v.to(dt).view(g, 1))
-        # Two-loop recursion, every member at once: d = -H_k g.
-        qW, qb = gW.clone(), gb.clone()
+        # Two-loop recursion, every member at once: d = -H_k grad, H_0 = gamma * diag(M).
+        q = grad.clone()
         alphas = []
-        for (sW, sb), (yW, yb), r in zip(reversed(mem.s), reversed(mem.y), reversed(mem.rho)):
-            a = r * (_dot(sW, qW) + _dot(sb, qb))
+        for s_, y_, r_ in zip(reversed(mem.s), reversed(mem.y), reversed(mem.rho)):
+            a = r_ * _dot(s_, q)
             alphas.append(a)
-            qW.sub_(col(a) * yW)
-            qb.sub_(row(a) * yb)
-        # H0 = gamma * diag(M^-1), gamma = s.y / (y M^-1 y) of the newest pair (1 without one).
+            q.sub_(col(a) * y_)
         gamma = torch.ones(g, dtype=torch.float64, device=dev)
-        for (sW, sb), (yW, yb), r in zip(reversed(mem.s), reversed(mem.y), reversed(mem.rho)):
-            yMy = _dot(yW * MW, yW) + _dot(yb * Mb, yb)
-            gamma = torch.where((r > 0) & (yMy > 0), 1.0 / (r.clamp_min(1e-300) * yMy.clamp_min(1e-300)), gamma)
-            break
-        qW.mul_(col(gamma) * MW)
-        qb.mul_(row(gamma) * Mb)
-        for ((sW, sb), (yW, yb), r), a in zip(zip(mem.s, mem.y, mem.rho), reversed(alphas)):
-            beta = r * (_dot(yW, qW) + _dot(yb, qb))
-            qW.add_(col(a - beta) * sW)
-            qb.add_(row(a - beta) * sb)
-        dW, db = qW.neg_(), qb.neg_()
-        gd = _dot(gW, dW) + _dot(gb, db)
-        if not bool((gd < 0).all()):  # round-off made the direction useless: steepest descent there
-            steep = (gd >= 0)
-            dW = torch.where(col(steep) > 0, -MW * gW, dW)
-            db = torch.where(row(steep) > 0, -Mb * gb, db)
-            gd = _dot(gW, dW) + _dot(gb, db)
-        XD = P.logits(dW, db)  # the one forward GEMM of the iteration: every trial is Z + alpha XD
-        WW, Wd, dd = _dot(W, W), _dot(W, dW), _dot(dW, dW)
+        if mem.s:  # gamma = s.y / (y M y) of the newest pair (1 without one)
+            y_, r_ = mem.y[-1], mem.rho[-1]
+            yMy = _dot(y_ * M, y_)
+            gamma = torch.where((r_ > 0) & (yMy > 0), 1.0 / (r_.clamp_min(1e-300) * yMy.clamp_min(1e-300)), gamma)
+        q.mul_(col(gamma) * M)
+        for (s_, y_, r_), a in zip(zip(mem.s, mem.y, mem.rho), reversed(alphas)):
+            q.add_(col(a - r_ * _dot(y_, q)) * s_)
+        d = q.neg_()
+        gd = _dot(grad, d)
+        if not bool((gd < 0).all()):  # round-off made the direction useless: the preconditioned gradient
+            d = torch.where(col(gd >= 0) > 0, -M * grad, d)
+            gd = _dot(grad, d)
+        XD = P.logits(d)  # the one forward GEMM of the iteration: every trial is Z + alpha XD
+        pT = T * pen
+        TT, Td, dd = _dot(pT, T), _dot(pT, d), _dot(d * pen, d)
         alpha = torch.ones(g, dtype=torch.float64, device=dev)
         accepted = torch.zeros(g, dtype=torch.bool, device=dev)
         Z_new = E_new = s_new = None
@@ -431,14 +426,15 @@ def lbfgs(
             whole = todo.numel() == g
             Zt = torch.addcmul(Z if whole else Z[:, todo], XD if whole else XD[:, todo], a.to(dt).view(1, -1, 1))
             dft, Et, st = P.data_loss(Zt)
-            ft = dft + 0.5 * lam[todo] * (WW[todo] + 2 * a * Wd[todo] + a * a * dd[todo])
+            ft = dft + 0.5 * lam[todo] * (TT[todo] + 2 * a * Td[todo] + a * a * dd[todo])
             ok = ft <= f[todo] + c1 * a * gd[todo] + noise[todo]
-            if bool(ok.all()) and trial == 0:  # the usual case: every member takes its first step
+            if trial == 0 and bool(ok.all()):  # the usual case: every member takes its first step
                 Z_new, E_new, s_new, f_new = Zt, Et, st, ft
                 accepted[:] = True
                 break
             if Z_new is None:
-                Z_new, E_new, s_new = Z.clone(), torch.exp(Z - Z.amax(dim=2, keepdim=True)), None
+                Z_new = Z.clone()
+                E_new = torch.exp(Z - Z.amax(dim=2, keepdim=True))
                 s_new = E_new.sum(dim=2)
             if bool(ok.any()):
                 acc = todo[ok]
@@ -450,27 +446,25 @@ def lbfgs(
                 curv = (ft[~ok] - f[rej] - a_r * gd[rej]) / (a_r * a_r)
                 alpha[rej] = torch.clamp(-gd[rej] / (2 * curv.clamp_min(1e-300)), 0.1 * a_r, 0.5 * a_r)
         alpha = torch.where(accepted, alpha, torch.zeros_like(alpha))
-        sW_new, sb_new = col(alpha) * dW, row(alpha) * db
-        W, b = W + sW_new, b + sb_new
+        step = col(alpha) * d
+        T = T + step
         Z, f = Z_new, f_new
-        del XD
-        data_f = f - 0.5 * lam * _dot(W, W)
+        del XD, d
+        data_f = f - 0.5 * lam * _dot(T * pen, T)
         Pm = E_new.div_(s_new[:, :, None])
         del E_new, s_new
         since_refresh += 1
-        if since_refresh >= refresh and precondition == "diag":
-            MW, Mb = inverse_diagonal(Pm)
+        if since_refresh >= refresh and precondition != "none":
+            M = inverse_diagonal(Pm)
             since_refresh = 0
-        gW_new, gb_new = P.data_grad(Pm)  # the one backward GEMM of the iteration
+        grad_new = P.data_grad(Pm).add_(col(lam) * pen * T)  # the one backward GEMM of the iteration
         del Pm
-        gW_new.add_(lam_dt.view(1, -1, 1) * W)
-        yW_new, yb_new = gW_new - gW, gb_new - gb
-        gW, gb = gW_new, gb_new
-        sy = _dot(sW_new, yW_new) + _dot(sb_new, yb_new)
-        ss, yy = _dot(sW_new, sW_new) + _dot(sb_new, sb_new), _dot(yW_new, yW_new) + _dot(yb_new, yb_new)
+        y_new = grad_new - grad
+        grad = grad_new
+        sy, ss, yy = _dot(step, y_new), _dot(step, step), _dot(y_new, y_new)
         rho_new = torch.where(sy > 1e-10 * torch.sqrt(ss * yy), 1.0 / sy.clamp_min(1e-300), torch.zeros_like(sy))
-        mem.s.append((sW_new, sb_new))
-        mem.y.append((yW_new, yb_new))
+        mem.s.append(step)
+        mem.y.append(y_new)
         mem.rho.append(rho_new)
         if len(mem.s) > history:
             del mem.s[0], mem.y[0], mem.rho[0]
@@ -481,26 +475,27 @@ def lbfgs(
                 fails[m] = 0
             else:
                 # No decrease even at tiny steps: the memory misleads (or round-off rules). Clear this
-                # member's pairs so the next direction is the gradient's; two failures in a row end it.
+                # member's pairs so the next direction is the preconditioned gradient; two failures
+                # in a row end it.
                 fails[m] += 1
-                for r in mem.rho:
-                    r[p] = 0.0
+                for r_ in mem.rho:
+                    r_[p] = 0.0
 
     # The memory that warm-starts the next lambda: every member's final pairs, aligned by slot.
     final_mem = LBFGSMemory(lambdas=torch.tensor(lam_list, dtype=torch.float64, device=dev))
     k = max((len(v) for v in final_pairs.values()), default=0)
-    zero_W, zero_b = torch.zeros(D, C, device=dev, dtype=dt), torch.zeros(C, device=dev, dtype=dt)
+    zero = torch.zeros(D + 1, C, device=dev, dtype=dt)
     zero_r = torch.zeros((), dtype=torch.float64, device=dev)
     for slot in range(k):
         cols = []
         for m in range(G):
             j = slot - (k - len(final_pairs[m]))
-            cols.append(final_pairs[m][j] if j >= 0 else ((zero_W, zero_b), (zero_W, zero_b), zero_r))
-        final_mem.s.append((torch.stack([c[0][0] for c in cols], 1), torch.stack([c[0][1] for c in cols], 0)))
-        final_mem.y.append((torch.stack([c[1][0] for c in cols], 1), torch.stack([c[1][1] for c in cols], 0)))
+            cols.append(final_pairs[m][j] if j >= 0 else (zero, zero, zero_r))
+        final_mem.s.append(torch.stack([c[0] for c in cols], 1))
+        final_mem.y.append(torch.stack([c[1] for c in cols], 1))
         final_mem.rho.append(torch.stack([c[2] for c in cols]))
-    return SolverResult(W=out_W, b=out_b, n_iter=n_iter, grad_norm=gnorm, loss=losses, converged=conv,
-                        message=msg, memory=final_mem)
+    return SolverResult(W=out[:, :D].contiguous(), b=out[:, D].contiguous(), n_iter=n_iter, grad_norm=gnorm,
+                        loss=losses, converged=conv, message=msg, memory=final_mem)
 
 
 def adam(
@@ -532,16 +527,15 @@ def adam(
         raise ProbeConfigError(f"every lambda must be > 0, got {lam_list}")
     if lr <= 0 or max_epochs < 1 or batch_size < 1:
         raise ProbeConfigError(f"lr must be > 0, max_epochs and batch_size >= 1; got {lr}, {max_epochs}, {batch_size}")
-    Pr = _Problem(X, y, n_classes=n_classes, sample_weight=sample_weight)
+    P = _Problem(X, y, n_classes=n_classes, sample_weight=sample_weight)
     dev, dt = X.device, X.dtype
-    G, D, C, n = len(lam_list), Pr.d, Pr.c, Pr.n
-    lam = torch.tensor(lam_list, dtype=dt, device=dev)
-    W = torch.zeros(D, G, C, device=dev, dtype=dt) if W0 is None else W0.to(dev, dt).clone()
-    b = torch.zeros(G, C, device=dev, dtype=dt) if b0 is None else b0.to(dev, dt).clone()
-    mW, vW, mb, vb = torch.zeros_like(W), torch.zeros_like(W), torch.zeros_like(b), torch.zeros_like(b)
+    G, D, C, n = len(lam_list), P.d, P.c, P.n
+    lam = torch.tensor(lam_list, dtype=dt, device=dev).view(1, G, 1)
+    T = _pack(W0, b0, D, G, C, dev, dt)
+    pen = _penalty_mask(T)
+    m1, m2 = torch.zeros_like(T), torch.zeros_like(T)
     b1, b2, eps = 0.9, 0.999, 1e-8
     gen = torch.Generator().manual_seed(int(seed))
-    w_all = None if Pr.w is None else Pr.w * n  # per-row weights with mean 1
     step = 0
     done = torch.zeros(G, dtype=torch.bool, device=dev)
     n_iter, gnorm, losses, conv, msg = [0] * G, [float("nan")] * G, [float("nan")] * G, [False] * G, [""] * G
@@ -549,33 +543,22 @@ def adam(
         perm = torch.randperm(n, generator=gen).to(dev)
         for start in range(0, n, batch_size):
             idx = perm[start:start + batch_size]
-            xb, yb = Pr.X[idx], Pr.y[idx]
-            nb = idx.numel()
-            rows = torch.arange(nb, device=dev)
-            z = torch.addmm(b.reshape(1, G * C), xb, W.reshape(D, G * C)).view(nb, G, C)
-            p = torch.softmax(z, dim=2)
-            p[rows, :, yb] -= 1.0
-            if w_all is not None:
-                p.mul_(w_all[idx].view(nb, 1, 1))
-            gW = (xb.t() @ p.view(nb, G * C)).view(D, G, C) / nb + lam.view(1, G, 1) * W
-            gb = p.sum(0) / nb
+            grad = P.data_grad(torch.softmax(P.logits(T, idx), dim=2), rows=idx).add_(lam * pen * T)
             step += 1
             c1, c2 = 1 - b1 ** step, 1 - b2 ** step
-            live = (~done).to(dt)
-            mW.lerp_(gW, 1 - b1), vW.mul_(b2).addcmul_(gW, gW, value=1 - b2)
-            mb.lerp_(gb, 1 - b1), vb.mul_(b2).addcmul_(gb, gb, value=1 - b2)
-            W -= (lr * live).view(1, G, 1) * (mW / c1) / ((vW / c2).sqrt() + eps)
-            b -= (lr * live).view(G, 1) * (mb / c1) / ((vb / c2).sqrt() + eps)
-        Z = Pr.logits(W, b)
-        data_f, E, ssum = Pr.data_loss(Z)
-        fW, fb = Pr.data_grad(E.div_(ssum[:, :, None]))
-        fW.add_(lam.view(1, G, 1) * W)
-        g_inf = torch.maximum(_amax(fW), _amax(fb)).double()
-        f = data_f + 0.5 * lam.double() * _dot(W, W)
+            m1.lerp_(grad, 1 - b1)
+            m2.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            live = (~done).to(dt).view(1, G, 1)
+            T -= lr * live * (m1 / c1) / ((m2 / c2).sqrt() + eps)
+        Z = P.logits(T)
+        data_f, E, ssum = P.data_loss(Z)
+        full = P.data_grad(E.div_(ssum[:, :, None])).add_(lam * pen * T)
+        g_inf = full.abs().amax(dim=(0, 2)).double().tolist()
+        f = data_f + 0.5 * lam.view(-1).double() * _dot(T * pen, T)
         for m in range(G):
             if done[m]:
                 continue
-            n_iter[m], gnorm[m], losses[m] = epoch, float(g_inf[m]), float(f[m])
+            n_iter[m], gnorm[m], losses[m] = epoch, g_inf[m], float(f[m])
             if gnorm[m] <= tol:
                 done[m], conv[m] = True, True
                 msg[m] = f"converged after {epoch} epochs: max |gradient| {gnorm[m]:.2e} <= tol {tol:g}"
@@ -584,8 +567,9 @@ def adam(
     for m in range(G):
         if not conv[m]:
             msg[m] = f"max_epochs={max_epochs} reached with max |gradient| {gnorm[m]:.2e} > tol {tol:g}"
-    return SolverResult(W=W.permute(1, 0, 2).contiguous(), b=b.clone(), n_iter=n_iter, grad_norm=gnorm, loss=losses,
-                        converged=conv, message=msg)
+    out = T.permute(1, 0, 2)
+    return SolverResult(W=out[:, :D].contiguous(), b=out[:, D].contiguous(), n_iter=n_iter, grad_norm=gnorm,
+                        loss=losses, converged=conv, message=msg)
 
 
 def ridge_path(X, y, *, n_classes: int, lambdas, X_eval=None):

@@ -92,7 +92,7 @@ def test_cli_ensemble_modes_on_a_two_model_store(tmp_path, mode):
     planted_store(tmp_path / "s.zarr", n_names=5, images_per_person=4, dim=12, signal=1.5, seed=2,
                   models=("m1", "m2"))
     res = CliRunner().invoke(main, ["ensemble", "--store", str(tmp_path / "s.zarr"), "--models", "m1,m2",
-                                    "--mode", mode, "--lambdas", "1e-2,1e-1", "--oof-folds", "3",
+                                    "--mode", mode, "--lambdas", "1e-1", "--oof-folds", "2",
                                     "--out", str(tmp_path / "r"),
                                     "--n-boot", "100", "--device", "cpu"])
     assert res.exit_code == 0, res.output

@@ -312,3 +312,21 @@ def test_doctor_reports_what_a_build_would_use(monkeypatch):
     assert "torchvision" in p["jpeg_decoder"]
     text = format_report(report)
     assert "usable cores" in text and "default decode workers" in text and "JPEG decoding" in text
+
+
+def test_a_group_built_before_the_pipeline_was_recorded_still_resumes(chips, tmp_path, caplog):
+    import shutil
+
+    import zarr
+
+    data = shutil.copytree(chips, tmp_path / "data")
+    build_store(data, tmp_path / "s", "pixels-32", chunk_rows=4, workers=0, progress=False)
+    group = zarr.open_group(str(tmp_path / "s" / "models" / "pixels-32"), mode="r+")
+    old = dict(group.attrs["spec"])
+    old.pop("pipeline")
+    group.attrs["spec"] = old  # as facestore wrote it before recording the pipeline
+    write_chips(data, {"Dan": {"p9": 2}}, size=96, seed=5)
+    with caplog.at_level("WARNING", logger="facestore.build"):
+        report = build_store(data, tmp_path / "s", "pixels-32", chunk_rows=4, workers=0, progress=False)
+    assert report.models[0].rows_written == 2 and "before facestore recorded the batch size" in caplog.text
+    assert "pipeline" not in facestore.open_store(tmp_path / "s").model_spec("pixels-32")

@@ -251,6 +251,8 @@ class HFViTEncoder(Encoder):
             weights=self.weights,
             precision=self.precision,
             extra={
+                # The stages (pixels in the workers, normalisation on the device) compute the bits of
+                # ImagePreprocessor; the record keeps its name so stored specs still compare equal.
                 "preprocessor": {"class": "ImagePreprocessor", "resize_dtype": self._preprocessor.resize_dtype},
                 "num_register_tokens": self.num_register_tokens,
             },

@@ -152,6 +152,8 @@ class SiglipEncoder(Encoder):
             weights=self.weights,
             precision=self.precision,
             extra={
+                # The stages (pixels in the workers, normalisation on the device) compute the bits of
+                # ImagePreprocessor; the record keeps its name so stored specs still compare equal.
                 "preprocessor": {"class": "ImagePreprocessor", "resize_dtype": self._preprocessor.resize_dtype},
                 "text_tokenization": {"padding": "max_length", "max_length": self.text_max_length,
                                       "attention_mask": False},

@@ -116,6 +116,9 @@ def _jsonable(o: Any) -> Any:
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s",
                         stream=sys.stderr)
+    # huggingface_hub logs through a handler of its own; propagating to ours too printed every
+    # hub line twice.
+    logging.getLogger("huggingface_hub").propagate = False
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

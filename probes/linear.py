@@ -16,9 +16,10 @@ its iterations, final gradient and a ``converged`` flag.
 
 :class:`LinearProbe` is one head. :class:`LinearSweep` walks a log grid of lambdas from strong
 to weak regularisation, warm-starting each fit from its neighbour's solution and L-BFGS memory;
-by default it fits every other grid value, stops the walk once a value past the selected one
-raised the validation loss without a clearly better score (``patience``), then fits the skipped
-neighbours of the best value (both at once, as one ``(D, 2C)`` matrix). The best value is chosen
+by default it steps a decade at a time until the validation loss flattens, then half a decade,
+stops the walk once a value past the selected one raised the validation loss without a clearly
+better score (``patience``), then fits any skipped neighbour of the best value (both at once, as
+one ``(D, 2C)`` matrix). The best value is chosen
 on validation only (:func:`probes.linear_path.select`): the score (balanced accuracy by default), scores within one
 standard error of the best counted as ties, ties broken by the validation log-loss
 (class-balanced for balanced accuracy), never by "the more regularised". A best value on the
@@ -390,10 +391,10 @@ class LinearSweep(ClassifierMixin, BaseEstimator):
 
     Args:
         lambdas: the grid (default :func:`default_lambdas`: 15 values, 1e-6 .. 10).
-        search: ``"coarse-to-fine"`` (default: every other value strong to weak, the walk stopped
-            once ``patience`` values in a row past the selected one raised the validation loss
-            without a better score, then the skipped neighbours of the best) or ``"full"``
-            (every value).
+        search: ``"coarse-to-fine"`` (default: strong to weak, two grid values per step while the
+            validation loss falls ever faster, one once its fall slows, the walk stopped once
+            ``patience`` values in a row past the selected one raised the validation loss without a
+            better score, then any skipped neighbour of the best) or ``"full"`` (every value).
         taus: logit-adjustment strengths tried per lambda with ``balance="logit-adjust"``.
         scoring: ``balanced_accuracy`` (default), ``accuracy`` or ``macro_f1``; scores within one
             standard error of the best are ties, broken by the validation log-loss (see

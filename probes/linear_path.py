@@ -77,8 +77,6 @@ class Path:
 
     def _fit(self, lambdas, start, stage):
         """Fit ``lambdas`` (one batch) from the warm start of the solved lambda ``start`` (or zeros)."""
-        import torch
-
         W0 = b0 = memory = None
         if start is not None:
             W, b, mem = self.state[start]
@@ -126,32 +124,43 @@ class Path:
         return self.rows[select(self.rows, self.s.scoring)]
 
     def run(self, grid):
+        """The walk: ``"full"`` fits every value; ``"coarse-to-fine"`` steps two grid values at a time
+        (a decade on the default grid) while the validation loss falls ever faster, one value at a
+        time once its fall slows (the minimum is near), and stops past the optimum (see below)."""
         self.grid = list(grid)
-        if self.s.search == "full" or len(grid) < 5:
-            coarse = list(grid)
-        else:
-            coarse = grid[::2] + ([grid[-1]] if (len(grid) - 1) % 2 else [])
+        fine = self.s.search == "full" or len(grid) < 5
+        stage = "path" if self.s.search == "full" else "coarse"
         loss = "val_log_loss" if self.s.scoring == "accuracy" else "val_balanced_log_loss"
-        prev = None
-        for k, lam in enumerate(coarse):
-            self._fit([lam], prev, "path" if self.s.search == "full" else "coarse")
+        i, step, prev, gains = 0, 1 if fine else 2, None, []
+        while True:
+            lam = self.grid[i]
+            self._fit([lam], prev, stage)
             prev = lam
-            if self.s.search == "full" or k == len(coarse) - 1:
-                continue
-            # Walking toward weaker regularisation past the optimum: the selection loss rose and the
-            # score did not beat the best by more than its standard error, `patience` times in a row,
-            # and none of those values is selected. The weaker values, the slowest to fit, cannot
-            # be selected unless validation turns around.
-            tail = self.rows[-(self.s.patience + 1):]
-            best = self._best()
-            top = max(self.rows, key=lambda r: r["val_score"])
-            if (len(tail) == self.s.patience + 1 and all(r is not best for r in tail[1:])
-                    and all(b[loss] > a[loss] and b["val_score"] <= top["val_score"] + top["val_score_se"]
-                            for a, b in zip(tail, tail[1:]))):
-                self.stopped = (f"walk stopped after lambda {lam:.3g}: the validation loss rose "
-                                f"{self.s.patience} time(s) in a row past the selected lambda {best['lambda']:.3g} "
-                                "without a better score")
+            if len(self.rows) > 1:
+                gains.append(self.rows[-2][loss] - self.rows[-1][loss])
+            last = i == len(self.grid) - 1
+            if not fine and not last:
+                # Walking toward weaker regularisation past the optimum: the selection loss rose and
+                # the score did not beat the best by more than its standard error, `patience` times
+                # in a row, and none of those values is selected. The weaker values, the slowest to
+                # fit, cannot be selected unless validation turns around.
+                tail = self.rows[-(self.s.patience + 1):]
+                best = self._best()
+                top = max(self.rows, key=lambda r: r["val_score"])
+                if (len(tail) == self.s.patience + 1 and all(r is not best for r in tail[1:])
+                        and all(b[loss] > a[loss] and b["val_score"] <= top["val_score"] + top["val_score_se"]
+                                for a, b in zip(tail, tail[1:]))):
+                    self.stopped = (f"walk stopped after lambda {lam:.3g}: the validation loss rose "
+                                    f"{self.s.patience} time(s) in a row past the selected lambda "
+                                    f"{best['lambda']:.3g} without a better score")
+                    break
+                # The loss still falls but less than at the previous step: the minimum is near, so
+                # the walk goes on one grid value at a time (the step past it is then the short one).
+                if len(gains) > 1 and 0 < gains[-1] < gains[-2]:
+                    step = 1
+            if last:
                 break
+            i = min(i + step, len(self.grid) - 1)
         self._refine()
         self._extend()
 

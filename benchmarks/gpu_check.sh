@@ -6,7 +6,7 @@
 # Writes every table to $OUT: doctor.json; pipeline_cuda.md (issue 14: 20,000 chips, decode-only on the same
 # workers, dinov2-base, clip-vit-b-32 + dinov2-base + siglip-base in one command and separately, forward-only
 # rates); arcface_cuda.json (ArcFace detect mode: which providers the recogniser and the workers' detector ran
-# on); probe_cuda.md (LinearSweep on 434,528 x 768, 500 classes); extract_cuda.md (build_store vs the naive
+# on); probe_cuda.md (the L-BFGS LinearSweep on 434,528 x 768, 500 classes); extract_cuda.md (build_store vs the naive
 # loop); supcon_cuda.md (SupCon head throughput); and log.txt. Each step has its own time limit so that one slow
 # step cannot eat the others' time. Copy the pipeline figures into docs/benchmarks.md, row
 # "dinov2-base build vs decode floor (H200)", with the date, machine and command.
@@ -44,7 +44,7 @@ except Exception as e:
     print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
 EOF
 cat "$OUT/arcface_cuda.json"
-echo "== LinearSweep, 434,528 x 768, 500 classes, 8 weight decays, CUDA (target < 60 s)"
+echo "== LinearSweep (L-BFGS lambda path), 434,528 x 768, 500 classes, CUDA (target < 60 s)"
 timeout 90 $PY benchmarks/probe.py --device cuda --n 434528 --skip-sklearn --out "$OUT/probe_cuda.md"
 echo "== build_store on CUDA vs the plan's naive loop (512x512 JPEG chips)"
 timeout 150 $PY benchmarks/extract.py --device cuda --images 1000 --family-images 256 --batch-size 128 \

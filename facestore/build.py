@@ -626,6 +626,18 @@ class _StoreWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facestore-writer")
         self._pending: deque[Future] = deque()
         self._max = max(1, max_pending)
+        self._failed: BaseException | None = None  # the first error of the thread (writer thread only)
+
+    def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
+        # Once a write failed, the writes queued behind it must not run: a crash leaves the chunks
+        # after the failed one pending, as a kill would, and the build reports the first error.
+        if self._failed is not None:
+            raise self._failed
+        try:
+            return fn(*args)
+        except BaseException as e:
+            self._failed = e
+            raise
 
     def _raise_done(self) -> None:
         while self._pending and self._pending[0].done():
@@ -635,12 +647,12 @@ class _StoreWriter:
         self._raise_done()
         while len(self._pending) >= self._max:
             self._pending.popleft().result()
-        self._pending.append(self._pool.submit(fn, *args))
+        self._pending.append(self._pool.submit(self._guarded, fn, *args))
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` in the writer thread after every write submitted so far; return its result."""
         self._raise_done()
-        return self._pool.submit(fn, *args).result()
+        return self._pool.submit(self._guarded, fn, *args).result()
 
     def close(self, *, raise_errors: bool = True) -> None:
         """Wait for every submitted write; raise the first error unless the build is failing already."""

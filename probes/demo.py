@@ -21,6 +21,7 @@ module only when the command runs, and facestore itself never imports probes.
 from __future__ import annotations
 
 import csv
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -292,11 +293,13 @@ def run_demo(
     echo(f"[3/4] running probes track3 -> {results}")
     report = run_track3(store_path, results, names=settings.names, device=device, n_boot=settings.n_boot,
                         progress=progress, echo=lambda line: echo(f"      {line}"))
-    ran = [r for r in report.records if r.balanced_accuracy is not None]
-    if ran:
-        best = max(ran, key=lambda r: r.balanced_accuracy)
-        echo(f"best: {best.experiment} [{best.task}] balanced accuracy {best.balanced_accuracy:.3f} "
-             f"against chance {best.chance:.3f}")
+    # The comparison's own verdicts (best on seed means or validation, or why none is named),
+    # never the largest single test score.
+    comparison_json = results / "comparison.json"
+    if comparison_json.is_file():
+        for rec in json.loads(comparison_json.read_text(encoding="utf-8")).get("recommendations", []):
+            if isinstance(rec, dict) and rec.get("kind") in ("best", "no_best"):
+                echo(f"      {rec['text']}")
     skipped = {r.experiment for r in report.by_status("skipped")}
     echo(f"{len(skipped)} experiments were skipped because their models are not in this store "
          "(the report lists what each needs).")

@@ -97,6 +97,10 @@ def test_demo_end_to_end_finds_the_planted_signal_and_reruns_cheaply(tmp_path):
     assert best["experiment"] in text
     output = "\n".join(lines)
     assert DISCLAIMER in output and f"report: {report}" in output
+    # What the demo says is best is the comparison's own verdict, not the largest single score.
+    recs = json.loads((results / "comparison.json").read_text())["recommendations"]
+    verdicts = [r["text"] for r in recs if r["kind"] in ("best", "no_best")]
+    assert verdicts and all(v in output for v in verdicts)
     assert "not anything about real faces" in DISCLAIMER
     # The HTML report: its index path is printed, every experiment that ran has a page with faces.
     index = results / "report" / "index.html"

@@ -33,6 +33,7 @@ __all__ = [
     "negative_log_likelihood",
     "prediction_cv",
     "prediction_entropy",
+    "reliability_table",
     "top_k_accuracy",
     "top_k_indices",
 ]
@@ -275,12 +276,38 @@ def expected_calibration_error(y_true, proba, *, n_bins: int = ECE_BINS) -> floa
     return float(np.abs(acc - cs).sum() / y.size)
 
 
+def reliability_table(y_true, proba, *, n_bins: int = ECE_BINS) -> dict:
+    """The reliability diagram's data, in the bins of :func:`expected_calibration_error`.
+
+    Per equal-width confidence bin ((m-1)/M, m/M]: ``count`` rows, their ``confidence`` (mean
+    max_c p_c) and ``accuracy`` (share whose argmax is the true name); empty bins hold None.
+    Sum over bins of count * |accuracy - confidence| / n is exactly the ECE, so a report can
+    draw the diagram from summary.json without the probabilities.
+    """
+    y, P = _check_proba(y_true, proba)
+    conf = P.max(axis=1)
+    correct = (P.argmax(axis=1) == y).astype(np.float64)
+    idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins)
+    acc = np.bincount(idx, weights=correct, minlength=n_bins)
+    cs = np.bincount(idx, weights=conf, minlength=n_bins)
+    nz = count > 0
+    return {
+        "edges": [float(e) for e in np.linspace(0.0, 1.0, n_bins + 1)],
+        "count": [int(c) for c in count],
+        "confidence": [float(cs[i] / count[i]) if nz[i] else None for i in range(n_bins)],
+        "accuracy": [float(acc[i] / count[i]) if nz[i] else None for i in range(n_bins)],
+    }
+
+
 def calibration_metrics(y_true, proba, *, source: str) -> dict:
-    """NLL, ECE (15 bins) and Brier of ``proba``; ``source`` says where the probabilities came from."""
+    """NLL, ECE (15 bins), Brier and the reliability table of ``proba``; ``source`` says where
+    the probabilities came from."""
     return {
         "nll": negative_log_likelihood(y_true, proba),
         "ece": expected_calibration_error(y_true, proba),
         "ece_bins": ECE_BINS,
         "brier": brier_score(y_true, proba),
+        "reliability": reliability_table(y_true, proba),
         "source": source,
     }

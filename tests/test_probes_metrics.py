@@ -211,7 +211,30 @@ def test_calibration_metrics_match_sklearn_and_the_ece_definition():
     Q = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6]])
     assert M.expected_calibration_error(np.array([0, 1, 1]), Q) == pytest.approx((2 / 3) * 0.4 + (1 / 3) * 0.4)
     cal = M.calibration_metrics(y, P, source=source)
-    assert cal["ece_bins"] == 15 and set(cal) >= {"nll", "ece", "brier", "source"}
+    assert cal["ece_bins"] == 15 and set(cal) >= {"nll", "ece", "brier", "source", "reliability"}
+
+
+def test_reliability_table_is_the_ece_bin_by_bin():
+    """The diagram's bins, checked against the written-out loop; count-weighted gaps sum to the ECE."""
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(400, 5)) * 3
+    y = rng.integers(0, 5, 400)
+    P, _ = M.as_probabilities(logits)
+    tab = M.reliability_table(y, P)
+    conf, pred = P.max(axis=1), P.argmax(axis=1)
+    assert len(tab["edges"]) == 16 and tab["edges"][0] == 0.0 and tab["edges"][-1] == 1.0
+    for m in range(15):
+        inside = (conf > m / 15) & (conf <= (m + 1) / 15)
+        assert tab["count"][m] == int(inside.sum())
+        if inside.any():
+            assert tab["confidence"][m] == pytest.approx(conf[inside].mean(), abs=1e-12)
+            assert tab["accuracy"][m] == pytest.approx((pred[inside] == y[inside]).mean(), abs=1e-12)
+        else:
+            assert tab["confidence"][m] is None and tab["accuracy"][m] is None
+    assert sum(tab["count"]) == 400
+    gaps = sum(c * abs(a - f) for c, a, f in zip(tab["count"], tab["accuracy"], tab["confidence"]) if c)
+    assert gaps / 400 == pytest.approx(M.expected_calibration_error(y, P), abs=1e-12)
+    assert M.calibration_metrics(y, P, source="x")["reliability"] == tab
 
 
 def test_run_evaluation_uses_given_probabilities_for_calibration_only():

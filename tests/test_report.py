@@ -130,8 +130,14 @@ def test_pages_show_the_summary_numbers_not_recomputed_ones(made, tmp_path):
     comparison["experiments"][0]["n_test_identities"] = 7777
     comparison["added_later"] = {"holdout": {"balanced_accuracy": 0.9753}}
     (results / "comparison.json").write_text(json.dumps(comparison))
+    # An older result: no probabilities.npy and no reliability table in summary.json.
+    blind = json.loads((results / "track3_blind_all" / "summary.json").read_text())
+    del blind["calibration"]["reliability"]
+    (results / "track3_blind_all" / "summary.json").write_text(json.dumps(blind))
 
     site = build_report(results, store=made["store"])
+    blind_page = _page(next(p.path for p in site.pages if p.experiment == "blind_all"))
+    assert "no probabilities.npy and its summary.json no reliability table" in blind_page
     page = _page(next(p.path for p in site.pages if p.experiment == "planted_all"))
     assert "0.4322" in page and "[0.1111, 0.7778]" in page
     assert "against its baseline 0.3131" in page  # the p-value's own baseline, not 1/C
@@ -163,7 +169,9 @@ def test_views_computed_from_arrays_say_so_and_missing_inputs_are_named(made, tm
     # Training frequency comes from the store's split, checked against the summary's hash.
     assert "counted from the store&#x27;s split" in planted
     assert 'src="figures/' in planted and "reliability diagram" in planted
-    assert "no probabilities.npy" in blind and "no reliability diagram" in blind
+    # Without probabilities.npy the diagram is drawn from summary.json's reliability table (the ECE's bins).
+    assert "From summary.json&#x27;s reliability table (15 equal-width bins" in blind
+    assert blind.count("reliability diagram") >= 1 and "no reliability diagram" not in blind
     assert "2-way, uniform foils" in planted and "prior-corrected" in planted
     assert "no forced-choice scores in this result" in blind
     # Galleries: thumbnails of the original images, written once.

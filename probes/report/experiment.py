@@ -259,8 +259,20 @@ def _distribution(res, opts: PageOptions) -> str:
 def _reliability(res, proba: np.ndarray | None, fig_dir: Path, stem: str, opts: PageOptions,
                  report_dir: Path) -> tuple[str, str | None]:
     if proba is None:
-        why = ("This result folder has no probabilities.npy, so no reliability diagram can be drawn; "
-               "the probe did not save its test probabilities.")
+        table_ = ((res.summary.get("calibration") or {}).get("reliability")
+                  if isinstance(res.summary, dict) else None)
+        if isinstance(table_, dict) and table_.get("count") and sum(table_["count"]):
+            counts = np.asarray(table_["count"])
+            nan = float("nan")
+            mean_conf = np.array([nan if v is None else v for v in table_["confidence"]], dtype=float)
+            acc = np.array([nan if v is None else v for v in table_["accuracy"]], dtype=float)
+            path = F.reliability_figure(mean_conf, acc, counts, fig_dir / f"{stem}_reliability.png")
+            cal = res.summary["calibration"]
+            note = (f"From summary.json's reliability table ({counts.size} equal-width bins of the top-1 probability, "
+                    f"the bins of its ECE; probabilities from {cal.get('source', 'the probe')}).")
+            return _img(href(path, start=report_dir), "reliability diagram") + f'<p class="note">{esc(note)}</p>', None
+        why = ("This result folder has no probabilities.npy and its summary.json no reliability table (made by an "
+               "older probes), so no reliability diagram can be drawn; rerun the experiment to get one.")
         return _missing(why), "no probabilities.npy"
     n, c = len(res.true_labels), len(res.names)
     if proba.shape != (n, c):

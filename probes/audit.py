@@ -250,14 +250,16 @@ def leak_free_scores(X_train, X_test, *, y_train, n_classes: int, threshold: flo
 def run_audit(store, *, model: str, split, out, threshold: float | None = None, view: str | None = None,
               names: str = "all", quantile: float = CALIBRATION_QUANTILE,
               min_images: int = 0, k: int = 20, search_k: int = 200, temperature: float = DEFAULT_TEMPERATURE,
-              device: str = "auto", n_boot: int = 1000, seed: int = 0, experiment: str | None = None) -> dict:
+              device: str = "auto", n_boot: int = 1000, seed: int = 0, experiment: str | None = None,
+              allow_incomplete: bool = False) -> dict:
     """Identity-leak audit of ``split`` under ``model`` (a face-identity model such as ``arcface-r50``).
 
     "Training" is train+val (what final probes are fitted on). Identities: the dataset's, else
     the pseudo-identities the split was made from; ``threshold`` None calibrates it on them
     (:func:`calibrate_threshold`), which needs identities. The result folder's predictions
     are the leak-free kNN (neighbours above the threshold and of the same identity excluded);
-    ``summary["extra"]["audit"]`` holds the leak statistics.
+    ``summary["extra"]["audit"]`` holds the leak statistics. ``allow_incomplete`` proceeds on a
+    model with rows still pending (recorded in summary.json ``incomplete`` and its warnings).
     """
     import time
 
@@ -268,7 +270,7 @@ def run_audit(store, *, model: str, split, out, threshold: float | None = None, 
 
     t0 = time.perf_counter()
     task = resolve_names(store, names, min_images=min_images)
-    kw = dict(view=view, split=split, names=task)
+    kw = dict(view=view, split=split, names=task, allow_incomplete=allow_incomplete)
     tv = load_xy(store, model, subset="trainval", **kw)
     te = load_xy(store, model, subset="test", **kw)
     # The dataset's identities audit the split even when the split itself was image level.
@@ -295,7 +297,7 @@ def run_audit(store, *, model: str, split, out, threshold: float | None = None, 
     experiment = experiment or f"{model}_audit_{task_slug(names)}"
     warnings = [f"possible identity leakage: {why}" for why in audit["headline"]["reasons"]]
     cfg = {"family": "audit", "experiment": experiment, "model": model, "view": te.view, "names": names,
-           "min_images": min_images, "name_task": task.info(),
+           "min_images": min_images, "name_task": task.info(), "allow_incomplete": allow_incomplete,
            "probe": {"threshold": threshold, "threshold_source": audit["threshold_source"], "quantile": quantile,
                      "k": k, "search_k": search_k, "temperature": temperature,
                      "database": "train+val", "predictions": "kNN without same-identity or above-threshold neighbours"}}
@@ -304,6 +306,7 @@ def run_audit(store, *, model: str, split, out, threshold: float | None = None, 
         groups=te.groups, train_labels=tv.y, config=cfg, split_info=split.info(), store_path=store.path,
         model_spec=store.model_spec(model), timings={"audit_s": t_audit}, name_task=task.spec, n_boot=n_boot,
         seed=seed, warnings=warnings, extra={"audit": audit},
+        incomplete=list(dict.fromkeys(x.incomplete for x in (tv, te) if x.incomplete)),
         control={"kind": "leak audit", "description": "identity-leak audit: kNN without same-person neighbours"},
         log=[f"audit {experiment}: threshold {threshold:.4f} ({audit['threshold_source']}), leak suspected "
              f"{audit['headline']['leak_suspected']}; share above threshold {audit['share_nearest_above_threshold']:.4f}, "

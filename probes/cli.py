@@ -1,6 +1,8 @@
 """The ``probes`` command line: a thin layer, each command calls one library function.
 
 torch, sklearn and zarr are imported inside the commands so that ``probes --help`` is instant.
+Every user error prints as one line with the exit code of its class, the same table as
+``facestore``'s (:mod:`probes.cli_common`, docs/faq.md).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import sys
 
 import click
 
-from probes.cli_families import COMMANDS
+from probes.cli_common import CONTEXT, ProbeGroup, family_options
+from probes.cli_families import COMMANDS, family_config, report_controls, run_within_splits
 from probes.track3 import track3_command
 
 
@@ -20,19 +23,8 @@ def _open(path: str, mode: str):
     return open_store(path, mode=mode)
 
 
-def _fail(e: Exception):
-    raise click.ClickException(str(e)) from e
-
-
-def _expected_errors():
-    from facestore.errors import FacestoreError
-
-    from probes.errors import ProbeError
-
-    return (ProbeError, FacestoreError, KeyError, FileNotFoundError)
-
-
-@click.group()
+@click.group(cls=ProbeGroup, context_settings=CONTEXT)
+@click.version_option(package_name="facestore", prog_name="probes")
 def main():
     """Probe frozen face embeddings for first-name signal, with an honest protocol.
 
@@ -52,11 +44,8 @@ def split_cmd(store_path, by, val, test, seed, seeds):
     """Make identity-disjoint stratified splits and save them in the store (prints JSON)."""
     from probes.splits import make_split
 
-    try:
-        store = _open(store_path, "a")
-        infos = [make_split(store, by=by, val=val, test=test, seed=seed + k).info() for k in range(seeds)]
-    except _expected_errors() as e:
-        _fail(e)
+    store = _open(store_path, "a")
+    infos = [make_split(store, by=by, val=val, test=test, seed=seed + k).info() for k in range(seeds)]
     for info in infos:
         for w in info["warnings"]:
             click.echo(f"warning: {w}", err=True)
@@ -102,8 +91,9 @@ def split_cmd(store_path, by, val, test, seed, seeds):
 @click.option("--batch-size", default=1024, show_default=True, type=int, help="Batch size (--solver adam only).")
 @click.option("--lrs", default=None, hidden=True, help="Old option: one learning rate (--solver adam only).")
 @click.option("--epochs", default=None, type=int, hidden=True, help="Old name of --max-epochs (--solver adam only).")
-@click.option("--permutations", default=0, show_default=True, type=int,
-              help="Permutation null: N refits with names shuffled across identities (also the forced-choice null).")
+@click.option("--permutations", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Permutation null: N refits with names shuffled across identities (also the forced-choice null); "
+                   "with --control also the within-stratum permutations (else 99).")
 @click.option("--n-boot", default=1000, show_default=True, type=int, help="Bootstrap replicates of the CIs.")
 @click.option("--save-embeddings", is_flag=True, help="Also write embeddings.npy of the test rows.")
 @click.option("--forced-choice", is_flag=True,
@@ -112,14 +102,15 @@ def split_cmd(store_path, by, val, test, seed, seeds):
               help="Forced-choice null refits on shuffled names when --permutations is 0 (else those refits serve).")
 @click.option("--device", default="auto", show_default=True, help="cpu | cuda | cuda:N | auto")
 @click.option("--threads", default=None, type=int, help="torch CPU threads (default: torch's).")
+@family_options(permutations=False)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Results directory.")
 @click.option("--experiment", default=None, help="Experiment name (folder track3_{experiment}).")
 def linear_cmd(store_path, model, view, split_name, seed, seeds, by, val_fraction, test_fraction, names, min_images,
                balance, features, lambdas, weight_decays, solver, tol, max_iter, search, lr, max_epochs, batch_size,
-               lrs, epochs, permutations, n_boot, save_embeddings, forced_choice, null_repeats, device, threads, out,
-               experiment):
+               lrs, epochs, permutations, n_boot, save_embeddings, forced_choice, null_repeats, device, threads,
+               controls, within, foils, allow_incomplete, out, experiment):
     """Fit the L2 logistic-regression path, select on val, refit on train+val, evaluate on test once."""
-    from probes.linear_experiment import LinearConfig, run_linear, run_linear_seeds
+    from probes.linear_experiment import LinearConfig, default_experiment_name, run_linear, run_linear_seeds
     from probes.splits import get_split
 
     def floats(text):
@@ -144,26 +135,30 @@ def linear_cmd(store_path, model, view, split_name, seed, seeds, by, val_fractio
         model=model, view=view, names=names, min_images=min_images, balance=balance, features=features,
         lambdas=floats(grid) if grid else None, solver=solver, tol=tol, max_iter=max_iter, search=search, lr=lr,
         max_epochs=max_epochs, batch_size=batch_size, permutations=permutations, n_boot=n_boot, device=device,
-        n_threads=threads, save_embeddings=save_embeddings, forced_choice=forced_choice, null_repeats=null_repeats,
+        n_threads=threads, save_embeddings=save_embeddings, null_repeats=null_repeats,
+        **family_config(controls=controls, permutations=permutations, foils=foils, forced_choice=forced_choice,
+                        allow_incomplete=allow_incomplete),
     )
-    try:
-        store = _open(store_path, "r" if split_name else "a")
-        if seeds > 1:
-            if split_name:
-                raise click.UsageError("--seeds makes one split per seed; do not combine it with --split")
-            agg = run_linear_seeds(store, config=config, seeds=range(seed, seed + seeds), out=out,
-                                   experiment=experiment, by=by, val=val_fraction, test=test_fraction)
-            for row in agg["per_seed"]:
-                click.echo(f"seed {row['seed']}: balanced acc {row['balanced_accuracy']:.4f} "
-                           f"top-1 {row['accuracy']:.4f}  {row['path']}")
-            m, s = agg["mean"], agg["std"]
-            click.echo(f"mean over {seeds} seeds: balanced acc {m['balanced_accuracy']:.4f} +/- "
-                       f"{s['balanced_accuracy']:.4f}, top-1 {m['accuracy']:.4f} +/- {s['accuracy']:.4f}")
-            return
-        split = get_split(store, split=split_name, by=by, seed=seed, val=val_fraction, test=test_fraction)
-        summ = run_linear(store, config=config, split=split, out=out, experiment=experiment)
-    except _expected_errors() as e:
-        _fail(e)
+    store = _open(store_path, "r" if split_name else "a")
+    name = experiment or default_experiment_name(config)
+    if seeds > 1:
+        if split_name:
+            raise click.UsageError("--seeds makes one split per seed; do not combine it with --split")
+        agg = run_linear_seeds(store, config=config, seeds=range(seed, seed + seeds), out=out,
+                               experiment=experiment, by=by, val=val_fraction, test=test_fraction)
+        for row in agg["per_seed"]:
+            click.echo(f"seed {row['seed']}: balanced acc {row['balanced_accuracy']:.4f} "
+                       f"top-1 {row['accuracy']:.4f}  {row['path']}")
+        m, s = agg["mean"], agg["std"]
+        click.echo(f"mean over {seeds} seeds: balanced acc {m['balanced_accuracy']:.4f} +/- "
+                   f"{s['balanced_accuracy']:.4f}, top-1 {m['accuracy']:.4f} +/- {s['accuracy']:.4f}")
+        if within:
+            splits = [(s, get_split(store, by=by, seed=s, val=val_fraction, test=test_fraction))
+                      for s in range(seed, seed + seeds)]
+            run_within_splits(store, run=run_linear, config=config, splits=splits, out=out, name=name, within=within)
+        return
+    split = get_split(store, split=split_name, by=by, seed=seed, val=val_fraction, test=test_fraction)
+    summ = run_linear(store, config=config, split=split, out=out, experiment=experiment)
     m, ci, ch = summ["metrics"], summ["ci"], summ["chance"]
     p = summ["probe"]
     click.echo(f"{summ['experiment']}: {m['n_test']} test images, {m['n_classes']} names")
@@ -175,8 +170,12 @@ def linear_cmd(store_path, model, view, split_name, seed, seeds, by, val_fractio
     click.echo(f"  top-1 {m['accuracy']:.4f} [{ci['accuracy'][0]:.4f}, {ci['accuracy'][1]:.4f}]  "
                f"majority {ch['majority']:.4f}  prior-matched {ch['prior_matched']:.4f}")
     click.echo(f"  top-5 {m['top5_accuracy']:.4f}  prediction CV {m['prediction_cv']:.3f}  -> {summ['path']}")
+    report_controls(summ)
     for w in summ["warnings"]:
         click.echo(f"warning: {w}", err=True)
+    if within:
+        run_within_splits(store, run=run_linear, config=config, splits=[(seed, split)], out=out, name=name,
+                          within=within)
 
 
 @main.command("compare")
@@ -193,11 +192,8 @@ def compare_cmd(results_dir, n_boot, reference, correction, no_plots):
     """Write RESULTS_DIR/track3_comparison.md (+ comparison.csv/json and PNG plots)."""
     from probes.compare import compare_results
 
-    try:
-        report = compare_results(results_dir, n_boot=n_boot, plots=not no_plots, reference=reference,
-                                 correction=correction)
-    except _expected_errors() as e:
-        _fail(e)
+    report = compare_results(results_dir, n_boot=n_boot, plots=not no_plots, reference=reference,
+                             correction=correction)
     for s in report["skipped"]:
         click.echo(f"warning: skipped {s['path']}: {s['reason']}", err=True)
     click.echo(f"{len(report['experiments'])} ranked experiments, {len(report['control_rows'])} controls, "
@@ -217,10 +213,7 @@ def report_cmd(results_dir, out, store_path):
     """
     from probes.report import build_report
 
-    try:
-        site = build_report(results_dir, out=out, store=store_path)
-    except _expected_errors() as e:
-        _fail(e)
+    site = build_report(results_dir, out=out, store=store_path)
     click.echo(str(site.index))
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probes.errors import ResultFormatError
+from probes.errors import ProbeConfigError, ResultFormatError, ResultsNotFoundError
 from probes.results import find_results, read_result
 from probes.stats import CORRECTIONS, adjust_p_values, combine_paired, paired_bootstrap
 
@@ -51,6 +51,9 @@ PLAN_TARGETS = (
 )
 DEFAULT_REFERENCE = "clip_linear"  # the plan's baseline, re-measured under this protocol
 ONE_SIDED_ALPHA = 0.025  # the level of the 95% CIs: above-baseline and permutation tests
+# The beyond-covariate test's level, as probes.controls states it in summary.json (p < 0.05): a
+# one-sided permutation test with no CI beside it; the report corrects it for multiplicity.
+BEYOND_ALPHA = 0.05
 TWO_SIDED_ALPHA = 0.05  # paired comparisons
 MIN_COMMON_IMAGES = 10
 MIN_NAMES_F1_PLOT = 10
@@ -104,7 +107,7 @@ def _validation_score(summary: dict, config: dict) -> float | None:
 
 def _forced_choice(summary: dict) -> dict | None:
     """The 2-way popularity-matched forced choice (Zwebner's design with frequency-matched foils)."""
-    fc = (summary.get("extra") or {}).get("forced_choice") or []
+    fc = [e for e in (summary.get("extra") or {}).get("forced_choice") or [] if "raw" in e]  # not skipped protocols
     pick = [e for e in fc if e.get("n_way") == 2 and e.get("foils") == "popularity"] or \
         [e for e in fc if e.get("n_way") == 2]
     if not pick:
@@ -119,6 +122,38 @@ def _forced_choice(summary: dict) -> dict | None:
         "ci_above_chance": bool(pc["ci_low"] > e["chance"]),
         "null_mean": null.get("mean"), "null_p": null.get("p_value"), "null_repeats": null.get("repeats"),
     }
+
+
+def _controls(summary: dict, experiment: str, task_key: str) -> list[dict]:
+    """One entry per ``--control`` covariate of a result: the numbers the report shows of it."""
+    out = []
+    for cov, c in (summary.get("controls") or {}).items():
+        o, f, b = c.get("oracle") or {}, c.get("from_face") or {}, c.get("beyond") or {}
+        n = b.get("n_permutations")
+        out.append({
+            "experiment": experiment, "task_key": task_key, "covariate": cov,
+            "balanced_accuracy": b.get("balanced_accuracy"),
+            "oracle_balanced_accuracy": o.get("balanced_accuracy"),
+            "oracle_lo": (o.get("balanced_accuracy_ci") or [None, None])[0],
+            "oracle_hi": (o.get("balanced_accuracy_ci") or [None, None])[1],
+            "oracle_accuracy": o.get("accuracy"),
+            "from_face_balanced_accuracy": f.get("balanced_accuracy"),
+            "from_face_lo": (f.get("balanced_accuracy_ci") or [None, None])[0],
+            "from_face_hi": (f.get("balanced_accuracy_ci") or [None, None])[1],
+            "covariate_from_face": (f.get("covariate") or {}).get("balanced_accuracy"),
+            "covariate_chance": (f.get("covariate") or {}).get("chance"),
+            "chance_uniform": b.get("chance"),
+            "beyond_null_mean": b.get("null_mean"),
+            "beyond_null_lo": (b.get("null_ci") or [None, None])[0],
+            "beyond_null_hi": (b.get("null_ci") or [None, None])[1],
+            "beyond_p": b.get("p_value"),
+            "n_permutations": n,
+            "min_attainable_p": None if not n else 1.0 / (n + 1),
+            "refits": c.get("refits"),
+            "missing_images": (c.get("missing") or {}).get("n_images"),
+            "seconds": c.get("seconds"),
+        })
+    return out
 
 
 def _row(res) -> dict:
@@ -143,6 +178,8 @@ def _row(res) -> dict:
     if kind == "image":
         leakage = ("image-level split: the same person can be in train and test, so the score can be inflated "
                    "by identity leakage")
+    task_key = f"{s['name_task']['spec']} ({n_names} names)"
+    within = (s.get("name_task") or {}).get("within")
     return {
         "experiment": res.experiment,
         "plan_experiment": _plan_experiment(res),
@@ -151,7 +188,9 @@ def _row(res) -> dict:
         "view": s.get("view"),
         "task": s["name_task"]["spec"],
         "n_names": n_names,
-        "task_key": f"{s['name_task']['spec']} ({n_names} names)",
+        "task_key": task_key,
+        "within": within,
+        "base_task": (s.get("name_task") or {}).get("base"),
         "n_test": int(m["n_test"]),
         "n_test_identities": m.get("n_test_identities"),
         "n_classes_in_test": m.get("n_classes_in_test"),
@@ -201,6 +240,8 @@ def _row(res) -> dict:
         "control": _control_kind(s, kind),
         "leakage_warning": leakage,
         "warnings": warnings,
+        "incomplete": list(s.get("incomplete") or []) or None,
+        "controls": _controls(s, res.experiment, task_key),
         "store_path": s.get("store_path"),
         "path": str(res.path),
     }
@@ -370,7 +411,9 @@ def _targets(task_groups, best_by_task) -> list[dict]:
     out = []
     for t in PLAN_TARGETS:
         n = int(t["task"])
-        tasks = [task for task, groups in task_groups.items() if next(iter(groups.values()))[0]["n_names"] == n]
+        # A within-value task (the names of one covariate value) is never the plan's task.
+        tasks = [task for task, groups in task_groups.items()
+                 if next(iter(groups.values()))[0]["n_names"] == n and not next(iter(groups.values()))[0]["within"]]
         entry = {**t, "best_experiment": None, "value": None, "met": None, "beats_baseline": None, "note": None}
         if not tasks:
             entry["note"] = f"no {n}-name experiment"
@@ -526,9 +569,48 @@ def _section_forced_choice_null(rows, results_by_path) -> dict | None:
             "columns": cols, "rows": items}
 
 
-# Each builder takes (all rows, results by path) and returns a section dict or None. Other
-# reports (covariate controls, issue 12) add their builders here.
-CONTROL_SECTIONS = [_section_split_controls, _section_permutation, _section_forced_choice_null]
+def _beyond_covariate_verdict(c: dict, *, tested: bool = True) -> dict:
+    """The corrected verdict of one covariate control, in words and flags (from the family's adjusted p)."""
+    floor = c["min_attainable_p"]
+    at_floor = floor is not None and c["beyond_p"] is not None and c["beyond_p"] <= floor * (1 + 1e-9)
+    if not tested:
+        text = "not tested: a control result"
+    elif c.get("beyond_significant"):
+        text = f"beyond {c['covariate']}"
+    else:
+        text = f"not shown beyond {c['covariate']}"
+    return {"significant": c.get("beyond_significant"), "p_raw": c["beyond_p"], "p_adjusted": c.get("beyond_p_adj"),
+            "p_at_floor": bool(at_floor), "text": text}
+
+
+def _section_covariate_controls(rows, results_by_path) -> dict | None:
+    cols = ["experiment", "task_key", "covariate", "balanced_accuracy", "oracle_balanced_accuracy", "oracle_lo",
+            "oracle_hi", "from_face_balanced_accuracy", "from_face_lo", "from_face_hi", "covariate_from_face",
+            "beyond_null_mean", "n_permutations", "beyond_p", "beyond_p_adj", "verdict"]
+    items = []
+    for r in rows:
+        for c in r.get("controls") or []:
+            verdict = "control row (not tested)" if r["control"] is not None else \
+                ("beyond the covariate" if c.get("beyond_significant") else "not shown beyond it")
+            items.append({**{k: c.get(k) for k in cols}, "verdict": verdict})
+    if not items:
+        return None
+    return {"kind": "covariate controls", "title": "Covariate controls: is the name signal more than the covariate?",
+            "labels": ["experiment", "task", "covariate", "balanced acc.", "oracle", "oracle CI low", "oracle CI high",
+                       "from the face", "from-face CI low", "from-face CI high", "covariate from the face",
+                       "within-stratum null mean", "permutations", "p raw", "p adj.", "verdict"],
+            "description": ("The oracle is a face-blind rule that knows each test image's true covariate value "
+                            "(uniform guessing among that value's names); from the face, the same probe family "
+                            "predicts the covariate and then guesses among the predicted value's names. The verdict "
+                            "tests the probe against names shuffled among identities of the same value (whole fit "
+                            f"repeated), one-sided at {BEYOND_ALPHA} after the report's correction (family "
+                            "beyond_covariate); p can never be below 1 / (permutations + 1)."),
+            "columns": cols, "rows": items}
+
+
+# Each builder takes (all rows, results by path) and returns a section dict or None.
+CONTROL_SECTIONS = [_section_split_controls, _section_permutation, _section_forced_choice_null,
+                    _section_covariate_controls]
 
 
 # --------------------------------------------------------------------------- recommendations
@@ -625,6 +707,15 @@ def _recommendations(task_groups, best_by_task, paired, ranked, controls_rows, r
             recs.append(_rec("beyond_frequency_not_shown",
                              f"{r['experiment']}: above its baseline, but not shown beyond name frequency: {text}.",
                              experiment=r["experiment"], **v["checks"]))
+    recs += _covariate_recommendations(ranked, name)
+    partial = [r for r in ranked if r.get("incomplete")]
+    if partial:
+        recs.append(_rec(
+            "incomplete",
+            "Ran on incomplete data (--allow-incomplete), so their numbers may change once the models are finished: "
+            + "; ".join(f"{r['experiment']} ({'; '.join(r['incomplete'])})" for r in partial)
+            + ". Finish the models (the command is in each reason's store message) and rerun them.",
+            experiments=[r["experiment"] for r in partial]))
     # Only the plan's concern: a CV above its 0.35 target that the true names do not explain.
     over = [r for r in ranked if r["cv_excess_lo"] is not None and r["cv_excess_lo"] > 0
             and r["prediction_cv"] >= PLAN_TARGETS[2]["target"] and r["balance"] in ("none", None)]
@@ -665,6 +756,51 @@ def _recommendations(task_groups, best_by_task, paired, ranked, controls_rows, r
                 "best on seed means." if len(ranked) > 1 else
                 "This experiment ran on one split: repeat it with `--seeds 5` to see the spread over splits.")
         recs.append(_rec("seeds", text, n_experiments=len(ranked)))
+    return recs
+
+
+def _covariate_recommendations(ranked: list[dict], correction_name: str) -> list[dict]:
+    """Per covariate, in words: which experiments carry name signal beyond it (the corrected
+    verdicts of the ``beyond_covariate`` family), or that none does, and whether the permutation
+    count could have resolved it."""
+    recs = []
+    by_cov: dict[str, list[dict]] = {}
+    for r in ranked:
+        for c in r["controls"]:
+            by_cov.setdefault(c["covariate"], []).append(c)
+    for cov, cs in by_cov.items():
+        yes = [c for c in cs if c.get("beyond_significant")]
+        if yes:
+            recs.append(_rec(
+                "beyond_covariate",
+                f"Name signal beyond {cov}: " + "; ".join(
+                    f"{c['experiment']} ({c['task_key']}: {c['balanced_accuracy']:.4f} vs the within-{cov} null "
+                    f"{c['beyond_null_mean']:.4f}, adjusted p {c['beyond_p_adj']:.3g}; a face-blind rule knowing {cov} "
+                    f"scores {c['oracle_balanced_accuracy']:.4f}, predicting {cov} from the face "
+                    f"{c['from_face_balanced_accuracy']:.4f})" for c in yes)
+                + f" ({correction_name}-adjusted within-stratum permutation tests).",
+                covariate=cov, experiments=[c["experiment"] for c in yes],
+                p_adjusted=[c["beyond_p_adj"] for c in yes]))
+        no = [c for c in cs if not c.get("beyond_significant")]
+        if no and not yes:
+            best = min(no, key=lambda c: (c["beyond_p_adj"], c["beyond_p"]))
+            text = (f"No embedding is shown to carry name signal beyond {cov}: none of {len(cs)} experiment(s) beats "
+                    f"its within-{cov} permutation null after {correction_name} correction (smallest adjusted p "
+                    f"{best['beyond_p_adj']:.3g}, {best['experiment']}, {best['task_key']})")
+            floors = [c for c in no if c["min_attainable_p"] is not None
+                      and c["beyond_p"] <= c["min_attainable_p"] * (1 + 1e-9)]
+            if floors:
+                text += (f"; {len(floors)} of them sit at the smallest p their permutations can give "
+                         f"(1/{floors[0]['n_permutations'] + 1}), so more permutations (--permutations N) could "
+                         "resolve a smaller p")
+            recs.append(_rec("not_beyond_covariate", text + ".", covariate=cov, experiments=[c["experiment"] for c in cs],
+                             p_adjusted=[c["beyond_p_adj"] for c in cs], at_floor=[c["experiment"] for c in floors]))
+        elif no:
+            recs.append(_rec(
+                "not_beyond_covariate",
+                f"Not shown beyond {cov} (after {correction_name} correction): "
+                + ", ".join(f"{c['experiment']} ({c['task_key']}, adjusted p {c['beyond_p_adj']:.3g})" for c in no)
+                + ".", covariate=cov, experiments=[c["experiment"] for c in no]))
     return recs
 
 
@@ -769,11 +905,13 @@ def compare_results(results_dir: str | Path, *, n_boot: int = 1000, plots: bool 
     from probes.compare_markdown import render_markdown
 
     if correction not in CORRECTIONS:
-        raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
+        raise ProbeConfigError(f"correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
     root = Path(results_dir)
     paths = find_results(root)
     if not paths:
-        raise FileNotFoundError(f"no result folders (with summary.json) under {root}; run `probes linear --out {root}` first")
+        raise ResultsNotFoundError(
+            f"no result folders (with summary.json) under {root}; write some first with a probe's --out (e.g. "
+            f"`probes linear --store STORE --model MODEL --out {root}`) or `probes track3 --store STORE --out {root}`")
     results, skipped = [], []
     for p in paths:
         try:
@@ -804,11 +942,22 @@ def compare_results(results_dir: str | Path, *, n_boot: int = 1000, plots: bool 
                 [(r, r["experiment"], "permutation_p") for r in ranked], correction=correction,
                 alpha=ONE_SIDED_ALPHA, adjusted_key="permutation_p_adj", flag_key="beyond_null"),
     ]
+    control_tests = [c for r in ranked for c in r["controls"]]
+    families.append(_family(
+        "beyond_covariate", "balanced accuracy above the within-stratum permutation null of a covariate (names "
+        "shuffled among identities of the same value, whole fit repeated), one-sided, per ranked row and covariate",
+        [(c, f"{c['experiment']}: beyond {c['covariate']}", "beyond_p") for c in control_tests],
+        correction=correction, alpha=BEYOND_ALPHA, adjusted_key="beyond_p_adj", flag_key="beyond_significant"))
     for r in ranked:
         r["beyond_frequency"] = _beyond_frequency(r)
     for r in controls_rows:  # controls are shown with their raw p only: they are not tests of the question
         r["p_balanced_adj"] = r["p_top1_adj"] = None
         r["above_baseline"] = r["top1_above_baseline"] = None
+        for c in r["controls"]:
+            c["beyond_p_adj"] = c["beyond_significant"] = None
+    for r in rows:  # None where no control ran, so report columns appear only when one did
+        r["beyond_covariate"] = {c["covariate"]: _beyond_covariate_verdict(c, tested=r["control"] is None)
+                                 for c in r["controls"]} or None
 
     task_groups = _groups(ranked)
     best_by_task = {}

@@ -118,6 +118,10 @@ def _task_tables(data) -> list[str]:
         out.append("")
         if notes:
             out += notes + [""]
+        partial = [r for r in rows if r.get("incomplete")]
+        if partial:
+            out += [f"**Incomplete data** (--allow-incomplete): {r['experiment']}: {_f('; '.join(r['incomplete']))}"
+                    for r in partial] + [""]
         best = data["best"][task]
         if best["experiment"]:
             out += [f"Best on this task, by {best['basis']}: **{best['experiment']}** ({_f(best['value'])})"
@@ -214,6 +218,33 @@ def _beyond(data) -> list[str]:
             "chance.", ""] + _table(["experiment", "beyond name frequency", "evidence"], body) + [""]
 
 
+def _beyond_covariate(data) -> list[str]:
+    sec = next((s for s in data["controls"] if s.get("kind") == "covariate controls"), None)
+    if sec is None:
+        return []
+    fam = next((f for f in data["families"] if f["name"] == "beyond_covariate"), None)
+    level = fam["alpha"] if fam else "-"
+    body = []
+    for r in sec["rows"]:
+        body.append([
+            r["experiment"], _f(r["task_key"]), r["covariate"], _f(r["balanced_accuracy"]),
+            _ci(r["oracle_balanced_accuracy"], r["oracle_lo"], r["oracle_hi"]),
+            _ci(r["from_face_balanced_accuracy"], r["from_face_lo"], r["from_face_hi"]),
+            _f(r["covariate_from_face"]), _f(r["beyond_null_mean"]), _f(r["n_permutations"]),
+            f"{_p(r['beyond_p'])} / {_p(r['beyond_p_adj'])}", r["verdict"],
+        ])
+    return ["## Beyond the covariate", "",
+            "Names carry gender (and age, ethnicity), and faces carry them too. The **oracle** is a face-blind rule "
+            "that knows each test image's true covariate value and guesses uniformly among that value's names; "
+            "**from the face** predicts the covariate with the same probe family, then guesses among the predicted "
+            "value's names. The verdict tests the probe's balanced accuracy against a **within-stratum permutation "
+            "null** (training names shuffled among identities of the same value, whole fit repeated), one-sided at "
+            f"{level} after the correction above; p is never below 1 / (permutations + 1).", ""] + \
+        _table(["experiment", "task", "covariate", "balanced acc.", "oracle [95% CI]", "from the face [95% CI]",
+                "covariate from the face", "within-stratum null mean", "permutations", "p raw / adj.", "verdict"],
+               body) + [""]
+
+
 def _families(data) -> list[str]:
     body = [[f["name"], f["description"], _CORRECTION[f["correction"]].split(" (")[0], str(f["n_tests"]),
              str(sum(t["rejected"] for t in f["tests"])), str(f["alpha"])] for f in data["families"]]
@@ -226,6 +257,9 @@ def _controls(data) -> list[str]:
     if not data["controls"]:
         return out + ["No control results in this directory.", ""]
     for sec in data["controls"]:
+        if sec.get("kind") == "covariate controls":  # rendered in its own section
+            out += [f"### {sec['title']}", "", "See [Beyond the covariate](#beyond-the-covariate).", ""]
+            continue
         out += [f"### {sec['title']}", "", sec["description"], ""]
         out += _table(sec.get("labels") or sec["columns"], [[_p(r.get(c)) if c.endswith(("_p", "_p_adj")) else _f(r.get(c))
                                         for c in sec["columns"]] for r in sec["rows"]])
@@ -245,6 +279,7 @@ def render_markdown(data: dict) -> str:
     if not data["experiments"]:
         out += ["No ranked result: every result folder here is a control or was not usable.", ""]
     out += _task_tables(data) + _seeds(data) + _paired(data) + _targets(data) + _embeddings(data) + _beyond(data)
+    out += _beyond_covariate(data)
     out += _controls(data)
     out += ["## Recommendations", ""] + [f"- {r['text']}" for r in data["recommendations"]] + [""]
     out += _families(data)

@@ -63,6 +63,7 @@ __all__ = [
     "WithinGroup",
     "WithinSplit",
     "beyond_covariate",
+    "beyond_fixed_predictions",
     "covariate_controls",
     "from_face",
     "linear_factory",
@@ -372,7 +373,7 @@ def _as_X(X, n: int) -> np.ndarray:
 
 
 def from_face(factory, *, X, names, covariate, subset, groups=None, classes=None, n_boot: int = 1000,
-              alpha: float = 0.05, seed: int = 0) -> dict:
+              alpha: float = 0.05, seed: int = 0, predicted=None) -> dict:
     """How well the embedding predicts the covariate, and what "predict the covariate from the face,
     then guess a name within the predicted value" scores.
 
@@ -383,6 +384,9 @@ def from_face(factory, *, X, names, covariate, subset, groups=None, classes=None
     the headline ``balanced_accuracy``), ``mode`` answers the most frequent training name of
     that value (the headline ``accuracy``). Compare with :func:`oracle_baseline`, the same
     rules with the true value.
+
+    ``predicted`` (one value per test row) replaces the fit for a family that trains nothing
+    (zero-shot: the value of the name it predicts); ``factory`` is then unused (None).
     """
     r = _rows(names, covariate, groups, subset, classes)
     X = _as_X(X, r.names.size)
@@ -394,13 +398,20 @@ def from_face(factory, *, X, names, covariate, subset, groups=None, classes=None
         )
     t0 = time.perf_counter()
     used = r.subset >= 0
-    pred_idx = _fit_predict(factory, value_classes, X[used], r.values[used], r.subset[used])
     test = r.subset == TEST
+    if predicted is None:
+        pred_values = value_classes[_fit_predict(factory, value_classes, X[used], r.values[used], r.subset[used])]
+        how = "the same probe family fitted to the covariate (train, selection on validation)"
+    else:
+        pred_values = np.asarray(predicted).astype(str)
+        if pred_values.shape != (int(test.sum()),):
+            raise ProbeConfigError(f"predicted must hold one value per test row ({int(test.sum())}), got "
+                                   f"shape {pred_values.shape}")
+        how = "given (e.g. the value of the name a zero-shot classifier predicts)"
     true_values = r.values[test]
-    all_values = np.unique(np.concatenate([value_classes, true_values]))
+    all_values = np.unique(np.concatenate([value_classes, true_values, pred_values]))
     vi = {v: i for i, v in enumerate(all_values.tolist())}
     y_val = np.array([vi[v] for v in true_values.tolist()], dtype=np.int64)
-    pred_values = value_classes[pred_idx]
     p_val = np.array([vi[v] for v in pred_values.tolist()], dtype=np.int64)
     boot = stats.bootstrap_metrics(y_val, p_val, n_classes=all_values.size,
                                    groups=r.codes[test] if groups is not None else None,
@@ -415,6 +426,7 @@ def from_face(factory, *, X, names, covariate, subset, groups=None, classes=None
         "chance": 1.0 / value_classes.size,
         "p_value": boot["p_value"]["balanced_accuracy"],
         "values": value_classes.tolist(),
+        "predicted_by": how,
         "seconds": time.perf_counter() - t0,
     }
     rules = _value_rules(r, pred_values, has_groups=groups is not None, n_boot=n_boot, alpha=alpha, seed=seed)
@@ -539,6 +551,70 @@ def beyond_covariate(factory, *, X, names, covariate, subset, groups=None, class
         out["warning"] = (f"{n_permutations} permutations cannot give p < {alpha} (smallest p is "
                           f"{out['min_p_value']:.3f}); use at least {int(np.ceil(1 / alpha))}")
     say(f"beyond covariate: p = {p:.4f} (null mean {out['null_mean']:.4f}), {out['seconds']:.1f} s")
+    return out
+
+
+def beyond_fixed_predictions(predictions, *, names, covariate, subset, groups=None, classes=None,
+                             n_permutations: int = DEFAULT_PERMUTATIONS, alpha: float = 0.05, seed: int = 0,
+                             n_boot: int = 1000, log: Callable[[str], None] | None = None) -> dict:
+    """:func:`beyond_covariate` for a classifier that saw no training name (zero-shot).
+
+    ``predictions`` (test rows, in row order) are name indices into ``classes``. Nothing was
+    trained, so there is nothing to refit: each null run shuffles the TEST names across test
+    identities within their covariate value (an identity's value is the majority over its
+    images) and scores the fixed predictions against them. That is the exact within-stratum
+    null of a fixed classifier: the covariate-name association and the people per name within
+    each value stay, only which person of a value carries which name goes. Same output as
+    :func:`beyond_covariate`.
+    """
+    if int(n_permutations) < 1:
+        raise ProbeConfigError(f"n_permutations must be >= 1 (99 lets p reach 0.01), got {n_permutations}")
+    r = _rows(names, covariate, groups, subset, classes)
+    say = log or _log.info
+    from probes.metrics import balanced_accuracy
+
+    test = r.subset == TEST
+    pred = np.asarray(predictions, dtype=np.int64)
+    if pred.shape != (int(test.sum()),):
+        raise ProbeConfigError(f"predictions must hold one name index per test row ({int(test.sum())}), got {pred.shape}")
+    t0 = time.perf_counter()
+    y_test = r.y[test]
+    observed = balanced_accuracy(y_test, pred)
+    boot = stats.bootstrap_metrics(y_test, pred, n_classes=r.classes.size,
+                                   groups=r.codes[test] if groups is not None else None, n_boot=n_boot, alpha=alpha,
+                                   seed=seed)
+    strata = _identity_values(r)[r.codes][test]
+    test_groups = r.codes[test]
+    lookup = {c: i for i, c in enumerate(r.classes.tolist())}
+    rng = np.random.default_rng(seed)
+    null = np.empty(int(n_permutations))
+    for i in range(int(n_permutations)):
+        shuffled = shuffle_names_within_strata(r.names[test], groups=test_groups, strata=strata, rng=rng)
+        null[i] = balanced_accuracy(np.array([lookup[s] for s in shuffled.tolist()], dtype=np.int64), pred)
+    p = stats.permutation_p_value(observed, null)
+    out = {
+        "balanced_accuracy": float(observed),
+        "ci": boot["ci"]["balanced_accuracy"],
+        "p_value_vs_chance": boot["p_value"]["balanced_accuracy"],
+        "chance": 1.0 / r.classes.size,
+        "null_mean": float(null.mean()),
+        "null_ci": [float(np.percentile(null, 100 * alpha / 2)), float(np.percentile(null, 100 * (1 - alpha / 2)))],
+        "p_value": p,
+        "significant": bool(p < alpha),
+        "alpha": alpha,
+        "n_permutations": int(n_permutations),
+        "min_p_value": 1.0 / (int(n_permutations) + 1),
+        "null": null.tolist(),
+        "null_method": "test names shuffled across test identities within each covariate value over the fixed "
+                       "predictions (nothing was trained)",
+        "n_strata": int(np.unique(strata).size),
+        "seed": int(seed),
+        "seconds": time.perf_counter() - t0,
+    }
+    if out["min_p_value"] >= alpha:
+        out["warning"] = (f"{n_permutations} permutations cannot give p < {alpha} (smallest p is "
+                          f"{out['min_p_value']:.3f}); use at least {int(np.ceil(1 / alpha))}")
+    say(f"beyond covariate (fixed predictions): p = {p:.4f} (null mean {out['null_mean']:.4f}), {out['seconds']:.1f} s")
     return out
 
 

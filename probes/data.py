@@ -78,7 +78,8 @@ def load_xy(
     Rows whose embedding was recorded as failed for ``model`` (decode failures, no face) are
     dropped. ``split`` is a :class:`~probes.splits.Split`, a saved split's name, or None for
     every row (``subset`` must then be ``"all"``). ``names`` is a task spec (``all``, ``top30``,
-    a file) or a resolved :class:`~probes.names.NameTask`; ``min_images`` applies to a spec.
+    a file) or a resolved :class:`~probes.names.NameTask`; ``min_images`` applies to a spec. A
+    task with ``within=(covariate, value)`` keeps only the images whose covariate has that value.
 
     Partial or damaged data is refused, never fitted on: a row of the task still pending (a
     build or import running, interrupted, or not yet run on appended images) or a model group
@@ -105,6 +106,11 @@ def load_xy(
     to_task = np.full(len(index.names), -1, np.int64)
     to_task[[name_pos[n] for n in task.names]] = np.arange(len(task.names))
     rows = rows[to_task[np.asarray(index.labels, dtype=np.int64)[rows]] >= 0]
+    if task.within is not None:  # a within-value task: only the images labelled with that value
+        from probes.covariates import covariate_values
+
+        covariate, value = task.within
+        rows = rows[covariate_values(store, covariate, rows) == value]
     view = view or store.default_view(model)
     status = store.status(model)
     incomplete = store.incomplete_reason(model, rows=rows, status=status)

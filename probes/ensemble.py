@@ -22,12 +22,16 @@ ones per model, and that count goes into summary.json.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.exceptions import NotFittedError
 
 from probes.errors import ProbeConfigError
+
+if TYPE_CHECKING:
+    from probes.names import NameTask
 
 ENSEMBLE_MODES = ("concat", "late-fusion", "learned-weights")
 
@@ -187,13 +191,15 @@ class EnsembleConfig:
     ``lambdas``, ``tol``: every linear probe's grid and tolerance (None: the defaults).
     ``oof_folds``: folds of the out-of-fold probabilities the learned weights are fitted on.
     ``null_repeats`` with ``forced_choice``: the whole ensemble refit that many times on names
-    shuffled across identities (the forced-choice null).
+    shuffled across identities (the forced-choice null). ``controls``, ``control_permutations``,
+    ``foils``, ``allow_incomplete``: as :class:`~probes.linear_experiment.LinearConfig`'s; each
+    within-stratum refit is the whole ensemble of the mode (:class:`EnsembleRows`).
     """
 
     models: tuple[str, ...]
     mode: str = "concat"
     views: tuple[str | None, ...] | None = None
-    names: str = "all"
+    names: str | NameTask = "all"
     min_images: int = 0
     lambdas: tuple[float, ...] | None = None
     tol: float | None = None
@@ -203,13 +209,19 @@ class EnsembleConfig:
     forced_choice: bool = False
     null_repeats: int = 0
     random_state: int = 0
+    foils: tuple[str, ...] = ("uniform", "popularity")
+    controls: tuple[str, ...] = ()
+    control_permutations: int = 99
+    allow_incomplete: bool = False
 
 
 def _aligned_subset(store, config: EnsembleConfig, task, split, subset: str):
+    """``(aligned features, y, groups, views, rows, incomplete reasons)`` of one subset."""
     from probes.data import load_xy
 
     views = config.views or (None,) * len(config.models)
-    xys = {m: load_xy(store, m, view=v, split=split, subset=subset, names=task) for m, v in zip(config.models, views)}
+    xys = {m: load_xy(store, m, view=v, split=split, subset=subset, names=task, allow_incomplete=config.allow_incomplete)
+           for m, v in zip(config.models, views)}
     al = align_features({m: (xy.X, xy.image_ids) for m, xy in xys.items()})
     first = next(iter(xys.values()))
     # Labels and identities come from the index, so any model's rows give them; map by image id.
@@ -223,7 +235,9 @@ def _aligned_subset(store, config: EnsembleConfig, task, split, subset: str):
         for xy in xys.values():
             gmap.update(zip(xy.image_ids.tolist(), xy.groups.tolist()))
         groups = np.array([gmap[i] for i in al.image_ids.tolist()])
-    return al, y, groups, {m: xy.view for m, xy in xys.items()}
+    rows = store.rows_of(al.image_ids)
+    incomplete = [f"{m}: {xy.incomplete}" for m, xy in xys.items() if xy.incomplete]
+    return al, y, groups, {m: xy.view for m, xy in xys.items()}, rows, incomplete
 
 
 def experiment_name(config: EnsembleConfig) -> str:
@@ -250,46 +264,126 @@ def _out_of_fold(sweep, X, y_names, groups, *, folds: int, seed: int) -> np.ndar
     return P
 
 
+class EnsembleProbe:
+    """One ensemble of ``config.mode`` as an estimator over per-model feature blocks.
+
+    ``fit(tr_blocks, y_tr, va_blocks, y_va, groups_tv)``: every probe of the mode on train
+    (selection on validation), refit on train+validation (``y_*`` index ``classes``;
+    ``groups_tv`` the identities of train+validation, for the out-of-fold folds of the learned
+    weights); ``predict(te_blocks) -> (scores, probabilities)`` of the test rows. ``extra_`` and
+    ``warnings_`` say what was chosen.
+    """
+
+    def __init__(self, config: EnsembleConfig, classes, *, seed: int) -> None:
+        self.config = config
+        self.classes = np.asarray(classes)
+        self.seed = seed
+
+    def _linear(self):
+        from probes.linear_experiment import LinearConfig
+
+        c = self.config
+        return LinearConfig(model="+".join(c.models), lambdas=c.lambdas, device=c.device, random_state=self.seed,
+                            **({} if c.tol is None else {"tol": c.tol}))
+
+    def fit(self, tr_blocks, ytr, va_blocks, yva, gtv) -> EnsembleProbe:
+        config, names, lin = self.config, self.classes, self._linear()
+        self.extra_, self.warnings_ = {}, []
+        if config.mode == "concat":
+            self.scaler_ = BlockScaler().fit(tr_blocks)
+            self.sweep_ = _without_standardising(lin).sweep(names).fit(
+                self.scaler_.transform(tr_blocks), names[ytr], X_val=self.scaler_.transform(va_blocks), y_val=names[yva])
+            self.extra_["best_params"] = self.sweep_.best_params_
+            self.extra_["concat_features"] = "per block: rows L2-normalised, columns standardised, block / sqrt(D_m)"
+            self.warnings_ += self.sweep_.warnings_
+            return self
+        self.sweeps_, oof, best = [], [], {}
+        y_tv = names[np.concatenate([ytr, yva])]
+        for m, Xtr, Xva in zip(config.models, tr_blocks, va_blocks):
+            sweep = lin.sweep(names).fit(Xtr, names[ytr], X_val=Xva, y_val=names[yva])
+            self.warnings_ += [f"{m}: {w}" for w in sweep.warnings_]
+            self.sweeps_.append(sweep)
+            best[m] = sweep.best_params_
+            if config.mode == "learned-weights":
+                oof.append(_out_of_fold(sweep, np.concatenate([Xtr, Xva]), y_tv, gtv, folds=config.oof_folds,
+                                        seed=self.seed))
+        self.extra_["best_params"] = best
+        if config.mode == "learned-weights":
+            self.weights_ = LearnedWeights().fit(oof, np.concatenate([ytr, yva]))
+            self.extra_["weights"] = dict(zip(config.models, self.weights_.weights_.tolist()))
+            self.extra_["weights_fitted_on"] = (f"out-of-fold probabilities of train+val ({config.oof_folds} "
+                                                "identity-disjoint folds, each model's selected lambda), applied to "
+                                                "its train+val refit")
+        return self
+
+    def predict(self, te_blocks) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, probabilities)`` of the test rows: the decision and the calibrated probabilities."""
+        if self.config.mode == "concat":
+            X_te = self.scaler_.transform(te_blocks)
+            return self.sweep_.predict_proba_adjusted(X_te), self.sweep_.predict_proba(X_te)
+        probas = [s.predict_proba(X) for s, X in zip(self.sweeps_, te_blocks)]
+        P = late_fusion(probas) if self.config.mode == "late-fusion" else self.weights_.predict_proba(probas)
+        return P, P
+
+
+def _without_standardising(lin):
+    """The concat probe's linear config: the blocks are already on an equal footing (no re-standardising)."""
+    import dataclasses
+
+    return dataclasses.replace(lin, features="none")
+
+
 def _fit_ensemble(config: EnsembleConfig, names, tr, va, te, ytr, yva, gtv, seed: int):
     """Every probe of the mode on train (selection on validation), refit on train+validation.
 
     Returns ``(scores, probabilities, extra, warnings)`` for the test rows.
     """
-    from probes.linear_experiment import LinearConfig
+    probe = EnsembleProbe(config, names, seed=seed).fit(tr.features, ytr, va.features, yva, gtv)
+    scores, proba = probe.predict(te.features)
+    return scores, proba, probe.extra_, probe.warnings_
 
-    lin = LinearConfig(model="+".join(config.models), names=config.names, lambdas=config.lambdas,
-                       device=config.device, random_state=seed,
-                       **({} if config.tol is None else {"tol": config.tol}))
-    extra, warns = {}, []
-    if config.mode == "concat":
-        scaler = BlockScaler().fit(tr.features)
-        sweep = LinearConfig(**{**lin.__dict__, "features": "none"}).sweep(names).fit(
-            scaler.transform(tr.features), names[ytr], X_val=scaler.transform(va.features), y_val=names[yva])
-        X_te = scaler.transform(te.features)
-        extra["best_params"] = sweep.best_params_
-        extra["concat_features"] = "per block: rows L2-normalised, columns standardised, block / sqrt(D_m)"
-        warns += sweep.warnings_
-        return sweep.predict_proba_adjusted(X_te), sweep.predict_proba(X_te), extra, warns
-    test_probas, oof, best = [], [], {}
-    y_tv = names[np.concatenate([ytr, yva])]
-    for m, Xtr, Xva, Xte in zip(config.models, tr.features, va.features, te.features):
-        sweep = lin.sweep(names).fit(Xtr, names[ytr], X_val=Xva, y_val=names[yva])
-        warns += [f"{m}: {w}" for w in sweep.warnings_]
-        test_probas.append(sweep.predict_proba(Xte))
-        best[m] = sweep.best_params_
-        if config.mode == "learned-weights":
-            oof.append(_out_of_fold(sweep, np.concatenate([Xtr, Xva]), y_tv, gtv, folds=config.oof_folds,
-                                    seed=seed))
-    extra["best_params"] = best
-    if config.mode == "late-fusion":
-        P = late_fusion(test_probas)
-        return P, P, extra, warns
-    lw = LearnedWeights().fit(oof, np.concatenate([ytr, yva]))
-    P = lw.predict_proba(test_probas)
-    extra["weights"] = dict(zip(config.models, lw.weights_.tolist()))
-    extra["weights_fitted_on"] = (f"out-of-fold probabilities of train+val ({config.oof_folds} identity-disjoint "
-                                  "folds, each model's selected lambda), applied to its train+val refit")
-    return P, P, extra, warns
+
+class EnsembleRows:
+    """:class:`EnsembleProbe` with the estimator interface of :mod:`probes.controls`.
+
+    An ensemble reads several models' blocks and, for learned weights, the identities of its
+    out-of-fold folds, which one feature matrix cannot carry. So its ``X`` is one column of row
+    positions into ``blocks`` / ``groups`` (float32 is exact below 2**24 rows), and every fit
+    re-runs the whole ensemble of the mode (per-model sweeps, block scaling, out-of-fold weights)
+    on the rows it is given.
+    """
+
+    def __init__(self, *, classes, config: EnsembleConfig, blocks, groups, seed: int) -> None:
+        self.classes = np.asarray(classes)
+        self.config = config
+        self.blocks = blocks
+        self.groups = groups
+        self.seed = seed
+
+    @staticmethod
+    def positions(n: int) -> np.ndarray:
+        """The ``X`` that stands for rows ``0 .. n - 1``."""
+        if n >= 2 ** 24:
+            raise ProbeConfigError(f"{n} rows exceed what a float32 row position holds exactly (2**24)")
+        return np.arange(n, dtype=np.float32)[:, None]
+
+    def _rows(self, X) -> np.ndarray:
+        return np.rint(np.asarray(X, dtype=np.float64)[:, 0]).astype(np.int64)
+
+    def fit(self, X, y, *, X_val, y_val) -> EnsembleRows:
+        lookup = {c: i for i, c in enumerate(self.classes.tolist())}
+        tr, va = self._rows(X), self._rows(X_val)
+        ytr = np.array([lookup[s] for s in np.asarray(y).tolist()], dtype=np.int64)
+        yva = np.array([lookup[s] for s in np.asarray(y_val).tolist()], dtype=np.int64)
+        gtv = None if self.groups is None else np.asarray(self.groups)[np.concatenate([tr, va])]
+        self.probe_ = EnsembleProbe(self.config, self.classes, seed=self.seed).fit(
+            [b[tr] for b in self.blocks], ytr, [b[va] for b in self.blocks], yva, gtv)
+        self.classes_ = self.classes
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        te = self._rows(X)
+        return self.probe_.predict([b[te] for b in self.blocks])[0]
 
 
 def run_ensemble(store, *, config: EnsembleConfig, split, out, experiment: str | None = None,
@@ -302,8 +396,9 @@ def run_ensemble(store, *, config: EnsembleConfig, split, out, experiment: str |
     """
     import time
 
-    from probes.evaluation import finish_experiment
-    from probes.knn import task_slug
+    from probes import covariates as cv
+    from probes.evaluation import config_record, finish_experiment
+    from probes.metrics import balanced_accuracy, top_k_indices
     from probes.names import resolve_names
     from probes.supcon import check_encoder_split
 
@@ -315,11 +410,13 @@ def run_ensemble(store, *, config: EnsembleConfig, split, out, experiment: str |
         raise ProbeConfigError(f"give one view per model: {len(config.views)} views for {len(config.models)} models")
     for m in config.models:
         check_encoder_split(store, m, split)
+    kinds = cv.foil_kinds(config.foils, config.controls)
+    cv.check_controls(store, config.controls, kinds if config.forced_choice else ())
     t0 = time.perf_counter()
     task = resolve_names(store, config.names, min_images=config.min_images)
-    tr, ytr, gtr, views = _aligned_subset(store, config, task, split, "train")
-    va, yva, gva, _ = _aligned_subset(store, config, task, split, "val")
-    te, yte, gte, _ = _aligned_subset(store, config, task, split, "test")
+    tr, ytr, gtr, views, rtr, itr = _aligned_subset(store, config, task, split, "train")
+    va, yva, gva, _, rva, iva = _aligned_subset(store, config, task, split, "val")
+    te, yte, gte, _, rte, ite = _aligned_subset(store, config, task, split, "test")
     t_load = time.perf_counter() - t0
     names = np.asarray(task.names)
     extra: dict = {"mode": config.mode, "models": list(config.models), "views": views,
@@ -332,24 +429,46 @@ def run_ensemble(store, *, config: EnsembleConfig, split, out, experiment: str |
     extra.update(fitted)
     t_fit = time.perf_counter() - t1
     trainval_y = np.concatenate([ytr, yva])
+    null_probas, null_labels = [], []
     if config.forced_choice:
         from probes import stats
-        from probes.forced_choice import forced_choice_report
 
-        null_probas, null_labels = [], []
         for i in range(config.null_repeats):
             y_perm = stats.shuffle_names_across_identities(trainval_y, gtv, seed=config.random_state + i)
             null_probas.append(_fit_ensemble(config, names, tr, va, te, y_perm[:len(ytr)], y_perm[len(ytr):], gtv,
                                              config.random_state + i)[1])
             null_labels.append(y_perm)
-        extra["forced_choice"] = forced_choice_report(proba, yte, train_labels=trainval_y, groups=gte,
-                                                      seed=config.random_state, null_probas=null_probas or None,
-                                                      null_train_labels=null_labels or None)
+    all_rows = np.concatenate([rtr, rva, rte])
+    all_y = np.concatenate([ytr, yva, yte])
+    subset = np.repeat(np.array([0, 1, 2]), [len(ytr), len(yva), len(yte)])
+    if config.forced_choice:
+        from probes.forced_choice import forced_choice_report
+
+        extra["forced_choice"] = forced_choice_report(
+            proba, yte, train_labels=trainval_y, groups=gte, seed=config.random_state,
+            null_probas=null_probas or None, null_train_labels=null_labels or None, foil_kinds=kinds,
+            name_values=cv.foil_values(store, kinds, names=task.names, y=all_y, rows=all_rows, subset=subset))
     if any(a.n_dropped for a in (tr, va, te)):
         warnings.append(f"{te.n_dropped} test images lack an embedding in at least one model and were left out")
     experiment = experiment or experiment_name(config)
-    cfg = {"family": "ensemble", "experiment": experiment, "model": "+".join(config.models),
-           **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+    log = [f"ensemble {config.mode} of {', '.join(config.models)}: {len(tr.image_ids)} train, "
+           f"{len(va.image_ids)} val, {len(te.image_ids)} test aligned rows"]
+    controls, t_controls = None, 0.0
+    if config.controls:
+        blocks = [np.concatenate(parts) for parts in zip(tr.features, va.features, te.features)]
+        g_all = None if gtr is None else np.concatenate([gtr, gva, gte])
+        controls, t_controls = cv.run_controls(
+            store, covariates=config.controls,
+            factory=lambda classes: EnsembleRows(classes=classes, config=config, blocks=blocks, groups=g_all,
+                                                 seed=config.random_state),
+            X=EnsembleRows.positions(len(all_y)), y=all_y, rows=all_rows, subset=subset, groups=g_all,
+            names=task.names, observed=balanced_accuracy(yte, top_k_indices(scores, k=1)[:, 0]),
+            n_permutations=config.control_permutations, n_boot=config.n_boot, seed=config.random_state,
+            refits=f"the whole {config.mode} ensemble (every per-model sweep"
+                   + (", the out-of-fold weights" if config.mode == "learned-weights" else "")
+                   + (", the block scaling and the concatenated sweep" if config.mode == "concat" else "") + ")",
+            log=log.append)
+    cfg = {"family": "ensemble", "experiment": experiment, "model": "+".join(config.models), **config_record(config),
            "name_task": task.info(), "probe": {"mode": config.mode, "linear": "LinearSweep per model / on the concat"}}
     extra["seed_group"] = seed_group  # the multi-seed experiment this run belongs to (probes compare)
     from probes.linear_experiment import accepts_probabilities
@@ -359,7 +478,6 @@ def run_ensemble(store, *, config: EnsembleConfig, split, out, experiment: str |
         out, experiment=experiment.replace("/", "-"), scores=scores, y_true=yte, names=task.names,
         image_ids=te.image_ids, groups=gte, train_labels=trainval_y, config=cfg, split_info=split.info(),
         store_path=store.path, model_spec={m: store.model_spec(m) for m in config.models},
-        timings={"load_s": t_load, "fit_s": t_fit}, name_task=task.spec, n_boot=config.n_boot,
-        seed=config.random_state, warnings=warnings, extra=extra, **kwargs,
-        log=[f"ensemble {config.mode} of {', '.join(config.models)}: {len(tr.image_ids)} train, "
-             f"{len(va.image_ids)} val, {len(te.image_ids)} test aligned rows"])
+        timings={"load_s": t_load, "fit_s": t_fit, "controls_s": t_controls}, name_task=task, n_boot=config.n_boot,
+        seed=config.random_state, warnings=warnings, extra=extra, log=log, controls=controls,
+        incomplete=list(dict.fromkeys(itr + iva + ite)), **kwargs)

@@ -37,3 +37,14 @@ class NotEnoughDataError(ProbeError, ValueError):
 
 class ResultFormatError(ProbeError, ValueError):
     """A result folder is missing files or has files of the wrong shape."""
+
+
+class CovariateError(ProbeError, LookupError):
+    """A covariate the store does not have, or one a control cannot use (numeric, a single value)."""
+
+    def __str__(self) -> str:  # LookupError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ResultsNotFoundError(ProbeError, FileNotFoundError):
+    """No result folder where one was expected (``probes compare``, ``probes report``)."""

@@ -26,12 +26,33 @@ from probes import metrics as M
 from probes import stats as S
 from probes.results import result_dir, write_result
 
-__all__ = ["SIGNIFICANCE_LEVEL", "finish_experiment", "run_evaluation"]
+__all__ = ["SIGNIFICANCE_LEVEL", "config_record", "finish_experiment", "run_evaluation"]
 
 # One-sided level of the per-experiment test against the no-information baseline: p < 0.025 is
 # the same statement as "the 95% BCa CI excludes the baseline". Reports correct for multiplicity
 # on top (probes.compare).
 SIGNIFICANCE_LEVEL = 0.025
+
+
+def config_record(config) -> dict:
+    """A family config as config.json holds it: nested configs as dicts, tuples as lists, a
+    resolved :class:`~probes.names.NameTask` as its JSON-able description."""
+    import dataclasses
+
+    from probes.names import NameTask
+
+    def conv(v):
+        if isinstance(v, NameTask):
+            return v.info()
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, dict):
+            return {str(k): conv(x) for k, x in v.items()}
+        if isinstance(v, (tuple, list)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(config)
 
 
 def run_evaluation(
@@ -159,7 +180,7 @@ def finish_experiment(
     store_path: str | Path,
     model_spec: dict | None,
     timings: dict,
-    name_task: str | None = None,
+    name_task=None,
     embeddings=None,
     n_boot: int = 1000,
     seed: int = 0,
@@ -171,6 +192,8 @@ def finish_experiment(
     log: Sequence[str] = (),
     probabilities=None,
     control: dict | None = None,
+    controls: dict | None = None,
+    incomplete: Sequence[str] = (),
 ) -> dict:
     """Evaluate test-set scores once and write ``out_dir/track3_{experiment}/``; return the summary.
 
@@ -195,7 +218,9 @@ def finish_experiment(
             (:meth:`probes.splits.Split.info`).
         store_path, model_spec: where the embeddings came from (``store.model_spec(model)``).
         timings: seconds per phase, e.g. ``{"load_s", "fit_s", "predict_s"}``.
-        name_task: the task's spec (``all``, ``top30``, a file); defaults to ``config["names"]``.
+        name_task: the task's spec (``all``, ``top30``, a file) or its resolved
+            :class:`~probes.names.NameTask` (a within-value task records its covariate and value);
+            defaults to ``config["names"]``.
         embeddings: (n_test, D) to save as ``embeddings.npy`` (``--save-embeddings``).
         n_boot, seed: bootstrap replicates and seed of the confidence intervals.
         permutation: ``{"null": array of the metric under names shuffled across identities,
@@ -210,6 +235,11 @@ def finish_experiment(
             (see :func:`run_evaluation`); default ``scores`` or ``softmax(scores)``.
         control: marks the result as a control, ``{"kind": "shuffled-name null", "description":
             ...}``: ``probes compare`` lists it under Controls, never ranks it.
+        controls: the covariate controls of the result, ``{covariate: {"oracle", "from_face",
+            "beyond", ...}}`` (:func:`probes.covariates.run_controls`); summary.json ``controls``.
+        incomplete: why the model's rows were not all usable when the family was run with
+            ``allow_incomplete`` (:attr:`probes.data.XY.incomplete`); recorded in summary.json
+            ``incomplete`` and as a warning.
 
     Returns:
         The summary dict written to ``summary.json`` plus ``"path"``.
@@ -226,7 +256,9 @@ def finish_experiment(
         predictions=predictions,
         probabilities=probabilities,
     )
-    all_warnings = list(split_info.get("warnings", [])) + [str(w) for w in warnings]
+    incomplete = list(dict.fromkeys(str(r) for r in incomplete if r))
+    all_warnings = list(split_info.get("warnings", [])) + [str(w) for w in warnings] + [
+        f"incomplete data used knowingly (--allow-incomplete): {r}" for r in incomplete]
     if groups is None and not any("identity" in w for w in all_warnings):
         all_warnings.append(
             "no identities for the test images: intervals are over images and identity "
@@ -248,13 +280,17 @@ def finish_experiment(
             "p_value": S.permutation_p_value(observed, null),
             "scheme": "names shuffled across identities (people per name kept), whole fit repeated",
         }
-    task = name_task if name_task is not None else str(config.get("names", "all"))
+    from probes.names import NameTask
+
+    task_info = {"spec": str(config.get("names", "all")) if name_task is None else str(name_task)}
+    if isinstance(name_task, NameTask):
+        task_info = {k: v for k, v in name_task.info().items() if k in ("spec", "within", "base")}
     summary = {
         "experiment": experiment,
         "family": config.get("family"),
         "model": config.get("model"),
         "view": config.get("view"),
-        "name_task": {"spec": task, "n_names": len(names)},
+        "name_task": {**task_info, "n_names": len(names)},
         "headline": "balanced_accuracy",
         "metrics": ev["metrics"],
         "ci": ev["ci"],
@@ -277,6 +313,8 @@ def finish_experiment(
         "warnings": all_warnings,
         "extra": extra or {},
         "control": dict(control) if control else None,
+        "controls": dict(controls) if controls else {},
+        "incomplete": incomplete,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
     }

@@ -13,7 +13,11 @@ So every result reports three scores under **the same foils**, side by side:
 - ``prior_only``: pick the largest ``p_train(name)`` (face-blind).
 
 Foils (both by default) are ``"uniform"`` (any other name) or ``"popularity"``-matched (drawn from the
-``popularity_pool`` names closest in training frequency). Ties split the credit
+``popularity_pool`` names closest in training frequency); ``"same-COVARIATE"`` (e.g.
+``same-gender``, Zwebner et al.'s design) draws them among the names with the true name's value
+of that covariate (:func:`probes.controls.same_covariate_foils`; ``name_values`` gives each name
+its value). Trials whose value has fewer than ``n_way`` names cannot have such foils; they are
+left out of that protocol and counted (``n_trials_left_out``). Ties split the credit
 (``1 / number tied at the top``), so a constant scorer sits exactly at chance. Each score has
 a 95% CI by a cluster bootstrap over identities when ``groups`` are given (images of one person
 are not independent), over images otherwise. Foil sampling is seeded and the seed recorded.
@@ -81,13 +85,38 @@ def train_prior(train_labels: np.ndarray, *, n_classes: int, smoothing: float = 
     return (counts + smoothing) / (counts.sum() + smoothing * n_classes)
 
 
+SAME_PREFIX = "same-"
+
+
+def is_same_covariate(kind: str) -> bool:
+    """``same-COVARIATE`` foils (drawn among the names sharing the true name's value)."""
+    return str(kind).startswith(SAME_PREFIX) and len(str(kind)) > len(SAME_PREFIX)
+
+
+def check_foil_kind(kind: str) -> str:
+    """``kind`` if it is a foil kind (uniform, popularity, same-COVARIATE), else a clear error."""
+    if kind in FOIL_KINDS or is_same_covariate(kind):
+        return kind
+    raise ProbeConfigError(f"foils must be one of {', '.join(FOIL_KINDS)} or same-COVARIATE (e.g. same-gender), "
+                           f"got {kind!r}")
+
+
 def sample_foils(y_true: np.ndarray, *, n_classes: int, n_way: int, kind: str, prior: np.ndarray,
-                 rng: np.random.Generator, popularity_pool: int = 10) -> np.ndarray:
-    """``(n, n_way - 1)`` distinct foil indices per trial, never the true name."""
-    if kind not in FOIL_KINDS:
-        raise ProbeConfigError(f"foils must be one of {FOIL_KINDS}, got {kind!r}")
+                 rng: np.random.Generator, popularity_pool: int = 10, name_values=None) -> np.ndarray:
+    """``(n, n_way - 1)`` distinct foil indices per trial, never the true name.
+
+    ``kind="same-COVARIATE"`` needs ``name_values`` (C,), each name's value: the foils are
+    :func:`probes.controls.same_covariate_foils` (never crossing values).
+    """
+    check_foil_kind(kind)
     if n_way < 2 or n_way > n_classes:
         raise ProbeConfigError(f"n_way must be between 2 and the number of names ({n_classes}), got {n_way}")
+    if is_same_covariate(kind):
+        from probes.controls import same_covariate_foils
+
+        if name_values is None or len(name_values) != n_classes:
+            raise ProbeConfigError(f"{kind} foils need name_values: one covariate value per name ({n_classes})")
+        return same_covariate_foils(np.asarray(y_true, dtype=np.int64), name_values=name_values, n_way=n_way, rng=rng)
     n = len(y_true)
     k = n_way - 1
     if kind == "uniform":
@@ -155,7 +184,7 @@ def _null_stats(values: np.ndarray, observed: float) -> dict:
 
 def forced_choice(proba, y_true, *, prior: np.ndarray, n_way: int = 2, foils: str = "uniform",
                   groups=None, seed: int = 0, n_boot: int = 1000, popularity_pool: int = 10,
-                  null_probas=None, null_priors=None, null_repeats: int = 0) -> ForcedChoiceResult:
+                  null_probas=None, null_priors=None, null_repeats: int = 0, name_values=None) -> ForcedChoiceResult:
     """Forced-choice accuracy of ``proba`` (n, C) against labels ``y_true`` (indices into the columns).
 
     ``proba`` must be the model's own (unadjusted) probabilities. ``prior`` is ``p_train(name)``
@@ -164,7 +193,8 @@ def forced_choice(proba, y_true, *, prior: np.ndarray, n_way: int = 2, foils: st
     ``null_priors`` their training priors (default ``prior``); ``null_repeats`` > 0 instead
     shuffles the test names across identities over the fixed ``proba`` (only for a classifier
     that saw no training names, see the module docstring). Foils are the same for the observed
-    scores and every null repeat (a paired comparison).
+    scores and every null repeat (a paired comparison). ``name_values`` (C,): each name's
+    covariate value, for ``foils="same-COVARIATE"``.
     """
     P = np.asarray(proba, dtype=np.float64)
     y = np.asarray(y_true, dtype=np.int64)
@@ -180,7 +210,7 @@ def forced_choice(proba, y_true, *, prior: np.ndarray, n_way: int = 2, foils: st
     C = P.shape[1]
     rng = np.random.default_rng([seed, n_way, FOIL_KINDS.index(foils) if foils in FOIL_KINDS else 99])
     foil_idx = sample_foils(y, n_classes=C, n_way=n_way, kind=foils, prior=prior, rng=rng,
-                            popularity_pool=popularity_pool)
+                            popularity_pool=popularity_pool, name_values=name_values)
 
     def three(P_, prior_, y_, f_):
         return (choice_outcomes(P_, y_, f_), choice_outcomes(P_ / prior_[None, :], y_, f_),
@@ -233,17 +263,28 @@ def forced_choice(proba, y_true, *, prior: np.ndarray, n_way: int = 2, foils: st
         popularity_pool=popularity_pool if foils == "popularity" else None, null=null)
 
 
+def _trials_with_foils(y: np.ndarray, name_values, n_way: int) -> np.ndarray:
+    """Trials whose true name's value has at least ``n_way`` names (same-covariate foils exist)."""
+    nv = np.asarray(name_values).astype(str)
+    _, inverse, per_value = np.unique(nv, return_inverse=True, return_counts=True)
+    return per_value[inverse[np.asarray(y, dtype=np.int64)]] >= n_way
+
+
 def forced_choice_report(proba, y_true, *, train_labels, groups=None, n_ways=(2, 4), foil_kinds=("uniform", "popularity"),
                          seed: int = 0, n_boot: int = 1000, popularity_pool: int = 10, null_probas=None,
-                         null_train_labels=None, null_repeats: int = 0) -> list[dict]:
+                         null_train_labels=None, null_repeats: int = 0, name_values=None) -> list[dict]:
     """Every protocol (``n_ways`` x ``foil_kinds``) as JSON-able dicts, ready for summary.json.
 
     ``proba``: the model's own test probabilities (never logit-adjusted). ``null_probas``: the
     test probabilities of the refits on shuffled names, ``null_train_labels`` the shuffled
     training labels of each (their priors); ``null_repeats``: the label-shuffle null for a
-    classifier that saw no training names (see :func:`forced_choice`).
+    classifier that saw no training names (see :func:`forced_choice`). ``name_values``:
+    ``{covariate: (C,) values}`` for ``same-COVARIATE`` foil kinds. A same-covariate protocol
+    keeps the trials whose value has ``n_way`` names (the rest are counted in
+    ``n_trials_left_out``); when none has, its entry holds only ``skipped`` (the reason).
     """
     P = np.asarray(proba)
+    y_true = np.asarray(y_true, dtype=np.int64)
     prior = train_prior(train_labels, n_classes=P.shape[1])
     priors = None
     if null_probas is not None and null_train_labels is not None:
@@ -253,8 +294,31 @@ def forced_choice_report(proba, y_true, *, train_labels, groups=None, n_ways=(2,
         if n_way > P.shape[1]:
             continue
         for kind in foil_kinds:
+            check_foil_kind(kind)
             pool = min(popularity_pool, P.shape[1] - 1)
-            out.append(forced_choice(P, y_true, prior=prior, n_way=n_way, foils=kind, groups=groups, seed=seed,
-                                     n_boot=n_boot, popularity_pool=pool, null_probas=null_probas,
-                                     null_priors=priors, null_repeats=null_repeats).to_dict())
+            keep, nv = None, None
+            if is_same_covariate(kind):
+                cov = kind[len(SAME_PREFIX):]
+                if not name_values or cov not in name_values:
+                    raise ProbeConfigError(f"{kind} foils need the values of covariate {cov!r} per name (name_values)")
+                nv = np.asarray(name_values[cov]).astype(str)
+                keep = _trials_with_foils(y_true, nv, n_way)
+                if not keep.any():
+                    out.append({"n_way": n_way, "foils": kind, "chance": 1.0 / n_way, "n_trials": 0,
+                                "n_trials_left_out": int(y_true.size),
+                                "skipped": f"no test name's {cov} value has {n_way} names, so no {n_way}-way "
+                                           f"{kind} foils exist"})
+                    continue
+            sel = slice(None) if keep is None or keep.all() else keep
+            res = forced_choice(P[sel], y_true[sel], prior=prior, n_way=n_way, foils=kind,
+                                groups=None if groups is None else np.asarray(groups)[sel], seed=seed, n_boot=n_boot,
+                                popularity_pool=pool,
+                                null_probas=None if null_probas is None else [np.asarray(q)[sel] for q in null_probas],
+                                null_priors=priors, null_repeats=null_repeats, name_values=nv).to_dict()
+            if keep is not None:
+                res["n_trials_left_out"] = int((~keep).sum())
+                if not keep.all():
+                    res["left_out"] = (f"{int((~keep).sum())} test images whose name's value has fewer than {n_way} "
+                                       "names (no same-value foils)")
+            out.append(res)
     return out

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.exceptions import NotFittedError
 
 from probes.errors import ProbeConfigError
+
+if TYPE_CHECKING:
+    from probes.names import NameTask
 
 log = logging.getLogger(__name__)
 
@@ -235,10 +239,15 @@ class KNNProbe:
                 "search_device": getattr(self, "search_device_", None), "metric": "cosine (IndexFlatIP on L2-normalised)"}
 
 
-def task_slug(names: str) -> str:
-    """A folder-safe form of a name-task spec (a file path becomes its stem)."""
+def task_slug(names) -> str:
+    """A folder-safe form of a name-task spec (a file path becomes its stem); a within-value
+    :class:`~probes.names.NameTask` gives its base task's (the folder adds ``_within-COV-VALUE``)."""
     from pathlib import Path
 
+    from probes.names import NameTask
+
+    if isinstance(names, NameTask):
+        names = names.base or names.spec
     return names if names == "all" or names.startswith("top") else Path(names).stem
 
 
@@ -249,11 +258,14 @@ class KNNConfig:
     ``k`` / ``temperature`` None: chosen on validation among ``ks`` / ``temperatures``; a value
     fixes it. ``null_repeats`` with ``forced_choice``: the database names shuffled across
     identities that many times (a refit of kNN is a relabelling of the same search).
+    ``controls``, ``control_permutations``, ``foils``, ``allow_incomplete``: as
+    :class:`~probes.linear_experiment.LinearConfig`'s; each within-stratum refit repeats the
+    validation choice of k and T.
     """
 
     model: str
     view: str | None = None
-    names: str = "all"
+    names: str | NameTask = "all"
     min_images: int = 0
     ks: tuple[int, ...] = DEFAULT_KS
     k: int | None = None
@@ -264,6 +276,38 @@ class KNNConfig:
     forced_choice: bool = False
     null_repeats: int = 0
     random_state: int = 0
+    foils: tuple[str, ...] = ("uniform", "popularity")
+    controls: tuple[str, ...] = ()
+    control_permutations: int = 99
+    allow_incomplete: bool = False
+
+
+class SelectedKNN:
+    """The kNN probe as :mod:`probes.controls` refits it: ``fit(X, y, X_val=, y_val=)`` chooses k
+    and T on validation (train rows the database) exactly as :func:`run_knn`, then makes train +
+    validation the database; ``predict_proba`` gives the vote shares over ``classes``."""
+
+    def __init__(self, *, classes, ks, temperatures, device: str = "auto") -> None:
+        self.classes = np.asarray(classes)
+        self.ks = tuple(ks)
+        self.temperatures = tuple(temperatures)
+        self.device = device
+
+    def fit(self, X, y, *, X_val, y_val) -> SelectedKNN:
+        lookup = {c: i for i, c in enumerate(self.classes.tolist())}
+        yi = np.array([lookup[s] for s in np.asarray(y).tolist()], dtype=np.int64)
+        yv = np.array([lookup[s] for s in np.asarray(y_val).tolist()], dtype=np.int64)
+        k, T, _ = select_k_and_temperature(X, yi, X_val, yv, n_classes=self.classes.size, ks=self.ks,
+                                           temperatures=self.temperatures, device=self.device)
+        self.k_, self.temperature_ = k, T
+        self.probe_ = KNNProbe((k,), k=k, temperature=T, device=self.device).fit(
+            np.concatenate([np.asarray(X), np.asarray(X_val)]), np.concatenate([yi, yv]))
+        self.classes_ = self.classes
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        votes = self.probe_.predict_proba(X)
+        return _widen(votes, self.probe_.classes_, self.classes.size)
 
 
 def experiment_name(config: KNNConfig) -> str:
@@ -308,16 +352,20 @@ def run_knn(store, *, config: KNNConfig, split, out, experiment: str | None = No
     """The kNN probe on one split: k and T chosen on validation, then train+val is the database
     and test the queries, scored once at the chosen values (``summary["extra"]["selection"]``
     holds the validation table of every (k, T))."""
+    from probes import covariates as cv
     from probes import stats
     from probes.data import load_xy
-    from probes.evaluation import finish_experiment
+    from probes.evaluation import config_record, finish_experiment
+    from probes.metrics import balanced_accuracy, top_k_indices
     from probes.names import resolve_names
     from probes.supcon import check_encoder_split
 
     check_encoder_split(store, config.model, split)
+    kinds = cv.foil_kinds(config.foils, config.controls)
+    cv.check_controls(store, config.controls, kinds if config.forced_choice else ())
     t0 = time.perf_counter()
     task = resolve_names(store, config.names, min_images=config.min_images)
-    kw = dict(view=config.view, split=split, names=task)
+    kw = dict(view=config.view, split=split, names=task, allow_incomplete=config.allow_incomplete)
     tr = load_xy(store, config.model, subset="train", **kw)
     va = load_xy(store, config.model, subset="val", **kw)
     te = load_xy(store, config.model, subset="test", **kw)
@@ -343,6 +391,7 @@ def run_knn(store, *, config: KNNConfig, split, out, experiment: str | None = No
     extra = {"selection": table, "k": k, "temperature": T, "k_and_temperature": chosen,
              "selection_database": "train", "selection_queries": "val", "search_device": probe.search_device_,
              "database": "train+val", "queries": "test"}
+    rows = cv.stack_subsets(tr, va, te)
     if config.forced_choice:
         from probes.forced_choice import forced_choice_report
 
@@ -354,19 +403,30 @@ def run_knn(store, *, config: KNNConfig, split, out, experiment: str | None = No
             votes = weighted_votes(y_perm[result.indices], result.similarities, n_classes=C, k=k, temperature=T)
             null_probas.append(votes)
             null_labels.append(y_perm)
-        extra["forced_choice"] = forced_choice_report(scores, te.y, train_labels=tv_y, groups=te.groups,
-                                                      seed=config.random_state, null_probas=null_probas or None,
-                                                      null_train_labels=null_labels or None)
+        extra["forced_choice"] = forced_choice_report(
+            scores, te.y, train_labels=tv_y, groups=te.groups, seed=config.random_state,
+            null_probas=null_probas or None, null_train_labels=null_labels or None, foil_kinds=kinds,
+            name_values=cv.foil_values(store, kinds, names=task.names, y=rows["y"], rows=rows["rows"],
+                                       subset=rows["subset"]))
     experiment = experiment or experiment_name(config)
-    cfg = {"family": "knn", "experiment": experiment,
-           **{key: (list(v) if isinstance(v, tuple) else v) for key, v in asdict(config).items()},
+    log = [f"kNN {experiment}: k={k} T={T} {chosen} (validation balanced accuracy over {len(table)} (k, T)); "
+           f"{len(tr) + len(va)} database rows, {len(te)} queries, faiss {probe.search_device_}"]
+    controls, t_controls = None, 0.0
+    if config.controls:
+        controls, t_controls = cv.run_controls(
+            store, covariates=config.controls,
+            factory=lambda classes: SelectedKNN(classes=classes, ks=ks, temperatures=temps, device=config.device),
+            names=task.names, observed=balanced_accuracy(te.y, top_k_indices(scores, k=1)[:, 0]),
+            n_permutations=config.control_permutations, n_boot=config.n_boot, seed=config.random_state,
+            refits="the validation choice of k and T (train as the database), then train+validation as the database",
+            log=log.append, **rows)
+    cfg = {"family": "knn", "experiment": experiment, **config_record(config),
            "view": te.view, "name_task": task.info(), "probe": {**probe.params(), "chosen_on": chosen}}
     extra["seed_group"] = seed_group  # the multi-seed experiment this run belongs to (probes compare)
     return finish_experiment(
         out, experiment=experiment, scores=scores, y_true=te.y, names=task.names, image_ids=te.image_ids,
         groups=te.groups, train_labels=tv_y, config=cfg, split_info=split.info(), store_path=store.path,
         model_spec=store.model_spec(config.model),
-        timings={"load_s": t_load, "select_s": t_select, "search_s": t_search},
-        name_task=task.spec, n_boot=config.n_boot, seed=config.random_state, extra=extra,
-        log=[f"kNN {experiment}: k={k} T={T} {chosen} (validation balanced accuracy over {len(table)} (k, T)); "
-             f"{len(tr) + len(va)} database rows, {len(te)} queries, faiss {probe.search_device_}"])
+        timings={"load_s": t_load, "select_s": t_select, "search_s": t_search, "controls_s": t_controls},
+        name_task=task, n_boot=config.n_boot, seed=config.random_state, extra=extra, log=log, controls=controls,
+        incomplete=cv.incomplete_reasons(tr, va, te))

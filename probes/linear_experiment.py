@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from probes.linear import DEFAULT_TOL, LinearSweep
+from probes.names import NameTask, task_spec
 
 __all__ = ["LinearConfig", "default_experiment_name", "run_linear", "run_linear_seeds", "run_seeds"]
 
@@ -33,12 +34,16 @@ class LinearConfig:
     ``max_iter`` and ``search`` are :class:`~probes.linear.LinearSweep`'s; ``lr``,
     ``max_epochs`` and ``batch_size`` matter only with ``solver="adam"``. ``permutations``:
     whole-fit refits on names shuffled across identities; with ``forced_choice`` they are also its
-    null (``null_repeats`` refits are run for it when ``permutations`` is 0).
+    null (``null_repeats`` refits are run for it when ``permutations`` is 0). ``foils``: the
+    forced-choice protocols (``same-COV`` is added for every control). ``controls``: covariates
+    whose controls (:mod:`probes.controls`) go into summary.json, with ``control_permutations``
+    within-stratum refits of the whole sweep. ``allow_incomplete``: proceed on a model with rows
+    still pending (recorded). ``names`` is a spec or a resolved :class:`~probes.names.NameTask`.
     """
 
     model: str
     view: str | None = None
-    names: str = "all"
+    names: str | NameTask = "all"
     min_images: int = 0
     balance: str = "none"
     features: str = "standardize"
@@ -61,6 +66,10 @@ class LinearConfig:
     forced_choice: bool = False
     null_repeats: int = 0
     random_state: int = 0
+    foils: tuple[str, ...] = ("uniform", "popularity")
+    controls: tuple[str, ...] = ()
+    control_permutations: int = 99
+    allow_incomplete: bool = False
 
     def sweep(self, classes) -> LinearSweep:
         """The unfitted sweep this config describes."""
@@ -74,7 +83,9 @@ class LinearConfig:
 
 def default_experiment_name(config: LinearConfig) -> str:
     """``{model}[-{view}]_linear_{names}[_{balance}]``, a plain folder name."""
-    task = Path(config.names).stem if config.names not in ("all",) and not config.names.startswith("top") else config.names
+    from probes.knn import task_slug
+
+    task = task_slug(config.names)
     parts = [config.model + (f"-{config.view}" if config.view else ""), "linear", task]
     if config.balance != "none":
         parts.append(config.balance)
@@ -124,19 +135,22 @@ def run_linear(
     this run belongs to (``probes compare`` reports mean and spread over a group). Returns the
     summary (see :func:`probes.evaluation.finish_experiment`).
     """
+    from probes import covariates as covs
     from probes import stats
     from probes.data import load_xy
-    from probes.evaluation import finish_experiment
-    from probes.metrics import balanced_accuracy
+    from probes.evaluation import config_record, finish_experiment
+    from probes.metrics import balanced_accuracy, top_k_indices
     from probes.names import resolve_names
     from probes.supcon import check_encoder_split
 
     experiment = experiment or default_experiment_name(config)
     check_encoder_split(store, config.model, split)
+    kinds = covs.foil_kinds(config.foils, config.controls)
+    covs.check_controls(store, config.controls, kinds if config.forced_choice else ())
     log = [f"linear probe {experiment}: store {store.path} model {config.model} split {split.name}"]
     t0 = time.perf_counter()
     task = resolve_names(store, config.names, min_images=config.min_images)
-    kw = dict(view=config.view, split=split, names=task)
+    kw = dict(view=config.view, split=split, names=task, allow_incomplete=config.allow_incomplete)
     tr = load_xy(store, config.model, subset="train", **kw)
     va = load_xy(store, config.model, subset="val", **kw)
     te = load_xy(store, config.model, subset="test", **kw)
@@ -186,18 +200,29 @@ def run_linear(
     cfg = {
         "family": "linear",
         "experiment": experiment,
-        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
+        **config_record(config),
         "view": te.view,
         "name_task": task.info(),
         "probe": sweep_record(sweep),
     }
     extra = {"cv_results": sweep.cv_results_, "seed_group": seed_group}
+    rows = covs.stack_subsets(tr, va, te)
     if config.forced_choice:
         from probes.forced_choice import forced_choice_report
 
         extra["forced_choice"] = forced_choice_report(
             proba, te.y, train_labels=trainval_y, groups=te.groups, seed=config.random_state,
-            null_probas=null_probas or None, null_train_labels=null_labels or None)
+            null_probas=null_probas or None, null_train_labels=null_labels or None, foil_kinds=kinds,
+            name_values=covs.foil_values(store, kinds, names=task.names, y=rows["y"], rows=rows["rows"],
+                                       subset=rows["subset"]))
+    controls, t_controls = None, 0.0
+    if config.controls:
+        controls, t_controls = covs.run_controls(
+            store, covariates=config.controls, factory=lambda classes: covs.AdjustedDecision(config.sweep(classes)),
+            names=task.names, observed=balanced_accuracy(te.y, top_k_indices(scores, k=1)[:, 0]),
+            n_permutations=config.control_permutations, n_boot=config.n_boot, seed=config.random_state,
+            refits="the whole lambda sweep, selection on validation and the train+validation refit", log=log.append,
+            **rows)
     kwargs = {"probabilities": proba} if accepts_probabilities() else {}
     return finish_experiment(
         out,
@@ -215,8 +240,9 @@ def run_linear(
         timings={
             "load_s": t_load, "sweep_s": sweep.fit_time_, "refit_s": sweep.refit_time_,
             "predict_s": t_pred, "permutation_s": permutation["seconds"] if permutation else 0.0,
+            "controls_s": t_controls,
         },
-        name_task=task.spec,
+        name_task=task,
         embeddings=te.X if config.save_embeddings else None,
         n_boot=config.n_boot,
         seed=config.random_state,
@@ -224,6 +250,8 @@ def run_linear(
         warnings=warnings,
         extra=extra,
         log=log,
+        controls=controls,
+        incomplete=covs.incomplete_reasons(tr, va, te),
         **kwargs,
     )
 

@@ -6,6 +6,10 @@
   split and seed, so experiments on different splits stay comparable.
 - a path to a text file: one name per line (blank lines and ``#`` comments ignored).
 - ``min_images``: keep only names with at least that many images (applied before ``topK``).
+- a resolved :class:`NameTask` passes through :func:`resolve_names` unchanged; one with
+  ``within=(covariate, value)`` is a within-value task (``--within``, :mod:`probes.covariates`):
+  its names are those of that value, and :func:`probes.data.load_xy` keeps only the images
+  labelled with the value.
 
 Names keep the store's order, so label indices are stable across tasks built the same way.
 """
@@ -20,23 +24,33 @@ import numpy as np
 
 from probes.errors import NameTaskError
 
-__all__ = ["NameTask", "resolve_names"]
+__all__ = ["NameTask", "resolve_names", "task_spec"]
 
 _TOPK = re.compile(r"^top(\d+)$")
 
 
 @dataclass(frozen=True)
 class NameTask:
-    """A resolved name task: its spec, its names (store order) and their image counts."""
+    """A resolved name task: its spec, its names (store order) and their image counts.
+
+    ``within`` ``(covariate, value)`` restricts the task's images to those whose covariate has
+    that value (a within-value task; ``base`` is then the spec it was split from).
+    """
 
     spec: str
     names: tuple[str, ...]
     counts: tuple[int, ...]
     min_images: int = 0
+    within: tuple[str, str] | None = None
+    base: str | None = None
 
     def info(self) -> dict:
-        """JSON-able description recorded in config.json."""
-        return {"spec": self.spec, "n_names": len(self.names), "min_images": self.min_images}
+        """JSON-able description recorded in config.json and summary.json."""
+        out = {"spec": self.spec, "n_names": len(self.names), "min_images": self.min_images}
+        if self.within is not None:
+            out.update({"within": {"covariate": self.within[0], "value": self.within[1]}, "base": self.base,
+                        "names": list(self.names)})
+        return out
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -45,8 +59,19 @@ def _looks_like_path(spec: str) -> bool:
     return len(p.parts) > 1 or bool(p.suffix) or spec.startswith(("~", "."))
 
 
-def resolve_names(store, spec: str = "all", *, min_images: int = 0) -> NameTask:
-    """Resolve ``spec`` (``all``, ``topK``, or a file of names) against a store's index."""
+def task_spec(names) -> str:
+    """The spec string of a names argument (a spec, or a resolved :class:`NameTask`)."""
+    return names.spec if isinstance(names, NameTask) else str(names)
+
+
+def resolve_names(store, spec: str | NameTask = "all", *, min_images: int = 0) -> NameTask:
+    """Resolve ``spec`` (``all``, ``topK``, or a file of names) against a store's index; a
+    :class:`NameTask` is returned as it is (its names must be in the store)."""
+    if isinstance(spec, NameTask):
+        unknown = sorted(set(spec.names) - set(store.index.names))
+        if unknown:
+            raise NameTaskError(f"names task {spec.spec!r} has names the store lacks, e.g. {unknown[:5]}")
+        return spec
     index = store.index
     all_names = list(index.names)
     counts = np.bincount(np.asarray(index.labels, dtype=np.int64), minlength=len(all_names))

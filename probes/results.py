@@ -338,9 +338,11 @@ def read_result(path: str | Path, *, verify: bool = True) -> Result:
 def find_results(root: str | Path) -> list[Path]:
     """Every result folder (one holding ``summary.json`` and ``predictions.npy``) under
     ``root``, sorted; hidden folders (temporary or replaced ones of an atomic write) are skipped."""
+    from probes.errors import ResultsNotFoundError
+
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"results directory {root} does not exist")
+        raise ResultsNotFoundError(f"results directory {root} does not exist")
     return sorted(
         p.parent for p in root.rglob("summary.json")
         if (p.parent / "predictions.npy").exists()

@@ -33,12 +33,15 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from sklearn.exceptions import NotFittedError
 
 from probes.errors import ProbeConfigError
+
+if TYPE_CHECKING:
+    from probes.names import NameTask
 
 log = logging.getLogger(__name__)
 
@@ -405,6 +408,18 @@ class EncoderTrainingConfig:
     seed: int = 0
 
 
+def training_preprocessor(preprocessing):
+    """The model-ready preprocessing of encoder training: exactly the build's for ``supcon-resnet50``.
+
+    The timm family's build crops with torchvision's rounded centre offset (``crop_rounding="round"``,
+    as timm and open_clip do); the default floored offset would shift every training crop by a
+    pixel against the images the trained encoder is then built on.
+    """
+    from facestore.models.preprocess import ImagePreprocessor
+
+    return ImagePreprocessor(preprocessing, crop_rounding="round")
+
+
 def train_supcon_encoder(store, *, split: str, out_dir: str | Path, config: EncoderTrainingConfig = EncoderTrainingConfig(),
                          names=None, preprocessing=None, data_root: str | Path | None = None,
                          pretrained_file: str | Path | None = None, device: str = "auto", num_workers: int = 0,
@@ -423,7 +438,6 @@ def train_supcon_encoder(store, *, split: str, out_dir: str | Path, config: Enco
     torch = _torch()
     import timm
 
-    from facestore.models.preprocess import ImagePreprocessor
     from facestore.models.registry import get_spec
     from facestore.models.timm_family import build_projector, save_supcon_checkpoint
 
@@ -461,7 +475,7 @@ def train_supcon_encoder(store, *, split: str, out_dir: str | Path, config: Enco
     model = torch.nn.ModuleDict({"encoder": encoder, "projector": projector}).to(dev)
     batch = _fit_batch(y, config.m_per_class, config.batch_size, groups=g)
     sampler = MPerClassSampler(y, groups=g, m=config.m_per_class, batch_size=batch, seed=config.seed)
-    loader = torch.utils.data.DataLoader(_ImageRows(paths, y, ImagePreprocessor(prep), flip=config.flip, groups=g),
+    loader = torch.utils.data.DataLoader(_ImageRows(paths, y, training_preprocessor(prep), flip=config.flip, groups=g),
                                          batch_sampler=sampler, num_workers=num_workers,
                                          pin_memory=dev.startswith("cuda"))
     loss_fn = SupConLoss(config.temperature)
@@ -541,12 +555,16 @@ class SupConConfig:
     ``lambdas``, ``tol``: the linear probe's grid and tolerance on the learned representation
     (None: :class:`probes.linear.LinearSweep`'s defaults). ``null_repeats`` with
     ``forced_choice``: head and probe refit that many times on names shuffled across identities
-    (the forced-choice null; each repeat costs a full fit).
+    (the forced-choice null; each repeat costs a full fit). ``controls``,
+    ``control_permutations``, ``foils``, ``allow_incomplete``: as
+    :class:`~probes.linear_experiment.LinearConfig`'s; the head is trained once on the true
+    training names and held fixed, each within-stratum refit is the linear probe on its
+    representation (a head per permutation would multiply the cost by the head's epochs).
     """
 
     model: str
     view: str | None = None
-    names: str = "all"
+    names: str | NameTask = "all"
     min_images: int = 0
     head: SupConHeadConfig = field(default_factory=SupConHeadConfig)
     lambdas: tuple[float, ...] | None = None
@@ -556,6 +574,10 @@ class SupConConfig:
     save_embeddings: bool = False
     forced_choice: bool = False
     null_repeats: int = 0
+    foils: tuple[str, ...] = ("uniform", "popularity")
+    controls: tuple[str, ...] = ()
+    control_permutations: int = 99
+    allow_incomplete: bool = False
 
 
 def experiment_name(config: SupConConfig) -> str:
@@ -567,20 +589,23 @@ def experiment_name(config: SupConConfig) -> str:
 
 def _head_and_probe(config: SupConConfig, names, tr, va, te, y_tr, y_va, seed: int):
     """Fit the head on train and the linear protocol on its representation; returns the pieces."""
-    from probes.linear_experiment import LinearConfig
-
     h = config.head
     head = SupConHead(h.hidden_dim, out_dim=h.out_dim, temperature=h.temperature, m_per_class=h.m_per_class,
                       batch_size=h.batch_size, epochs=h.epochs, lr=h.lr, weight_decay=h.weight_decay,
                       representation=h.representation, normalize_input=h.normalize_input, device=config.device,
                       random_state=seed).fit(tr.X, y_tr, groups=tr.groups)
     Z_tr, Z_va, Z_te = head.transform(tr.X), head.transform(va.X), head.transform(te.X)
-    lin = LinearConfig(model=config.model, view=config.view, names=config.names, lambdas=config.lambdas,
-                       device=config.device, random_state=seed,
-                       **({} if config.tol is None else {"tol": config.tol}))
     t1 = time.perf_counter()
-    sweep = lin.sweep(names).fit(Z_tr, names[y_tr], X_val=Z_va, y_val=names[y_va])
+    sweep = _linear(config, seed).sweep(names).fit(Z_tr, names[y_tr], X_val=Z_va, y_val=names[y_va])
     return head, sweep, Z_te, time.perf_counter() - t1
+
+
+def _linear(config: SupConConfig, seed: int):
+    """The linear protocol read on the head's representation."""
+    from probes.linear_experiment import LinearConfig
+
+    return LinearConfig(model=config.model, view=config.view, lambdas=config.lambdas, device=config.device,
+                        random_state=seed, **({} if config.tol is None else {"tol": config.tol}))
 
 
 def run_supcon_head(store, *, config: SupConConfig, split, out, experiment: str | None = None,
@@ -592,16 +617,20 @@ def run_supcon_head(store, *, config: SupConConfig, split, out, experiment: str 
     selected on validation, refit on train+validation and scores test once, exactly as the plain
     linear probe does on the raw features.
     """
+    from probes import covariates as cv
     from probes import stats
     from probes.data import load_xy
-    from probes.evaluation import finish_experiment
+    from probes.evaluation import config_record, finish_experiment
     from probes.linear_experiment import accepts_probabilities, sweep_record
+    from probes.metrics import balanced_accuracy, top_k_indices
     from probes.names import resolve_names
 
     check_encoder_split(store, config.model, split)
+    kinds = cv.foil_kinds(config.foils, config.controls)
+    cv.check_controls(store, config.controls, kinds if config.forced_choice else ())
     t0 = time.perf_counter()
     task = resolve_names(store, config.names, min_images=config.min_images)
-    kw = dict(view=config.view, split=split, names=task)
+    kw = dict(view=config.view, split=split, names=task, allow_incomplete=config.allow_incomplete)
     tr, va, te = (load_xy(store, config.model, subset=s, **kw) for s in ("train", "val", "test"))
     t_load = time.perf_counter() - t0
     h = config.head
@@ -630,12 +659,30 @@ def run_supcon_head(store, *, config: SupConConfig, split, out, experiment: str 
                                                        y_perm[len(tr):], h.seed + i)
                 null_probas.append(s_null.predict_proba(Z_null))
                 null_labels.append(y_perm)
-        extra["forced_choice"] = forced_choice_report(proba, te.y, train_labels=trainval_y, groups=te.groups,
-                                                      seed=h.seed, null_probas=null_probas or None,
-                                                      null_train_labels=null_labels or None)
+        rows = cv.stack_subsets(tr, va, te)
+        extra["forced_choice"] = forced_choice_report(
+            proba, te.y, train_labels=trainval_y, groups=te.groups, seed=h.seed, null_probas=null_probas or None,
+            null_train_labels=null_labels or None, foil_kinds=kinds,
+            name_values=cv.foil_values(store, kinds, names=task.names, y=rows["y"], rows=rows["rows"],
+                                       subset=rows["subset"]))
     experiment = experiment or experiment_name(config)
-    cfg = {"family": "supcon", "experiment": experiment, "model": config.model, "view": te.view,
-           "names": config.names, "min_images": config.min_images, "name_task": task.info(),
+    log = [f"SupCon head {experiment}: {len(tr)} train rows, device {head.device_}, final loss "
+           f"{head.loss_history_[-1]:.4f}, {head.samples_per_second_:.0f} samples/s, representation "
+           f"{h.representation}"]
+    controls, t_controls = None, 0.0
+    if config.controls:
+        # The head stays as trained on the true names; the refits are the linear probe on its representation.
+        rows = {**cv.stack_subsets(tr, va, te), "X": np.concatenate([head.transform(tr.X), head.transform(va.X), Z_te])}
+        lin = _linear(config, h.seed)
+        controls, t_controls = cv.run_controls(
+            store, covariates=config.controls, factory=lambda classes: cv.AdjustedDecision(lin.sweep(classes)),
+            names=task.names, observed=balanced_accuracy(te.y, top_k_indices(scores, k=1)[:, 0]),
+            n_permutations=config.control_permutations, n_boot=config.n_boot, seed=h.seed,
+            refits="the linear probe (lambda sweep, selection, refit) on the representation of the SupCon head, "
+                   "which is trained once on the true training names and held fixed",
+            log=log.append, **rows)
+    cfg = {"family": "supcon", "experiment": experiment, **config_record(config), "view": te.view,
+           "name_task": task.info(),
            "probe": {"head": asdict(h), "device": head.device_, "linear": sweep_record(sweep),
                      "lambdas": None if config.lambdas is None else list(config.lambdas)}}
     extra["seed_group"] = seed_group  # the multi-seed experiment this run belongs to (probes compare)
@@ -644,9 +691,7 @@ def run_supcon_head(store, *, config: SupConConfig, split, out, experiment: str 
         out, experiment=experiment, scores=scores, y_true=te.y, names=task.names, image_ids=te.image_ids,
         groups=te.groups, train_labels=trainval_y, config=cfg, split_info=split.info(), store_path=store.path,
         model_spec=store.model_spec(config.model),
-        timings={"load_s": t_load, "head_fit_s": head.train_seconds_, "linear_s": t_linear},
-        name_task=task.spec, embeddings=Z_te if config.save_embeddings else None, n_boot=config.n_boot,
-        seed=h.seed, warnings=warnings, extra=extra,
-        log=[f"SupCon head {experiment}: {len(tr)} train rows, device {head.device_}, final loss "
-             f"{head.loss_history_[-1]:.4f}, {head.samples_per_second_:.0f} samples/s, representation "
-             f"{h.representation}"], **kwargs)
+        timings={"load_s": t_load, "head_fit_s": head.train_seconds_, "linear_s": t_linear, "controls_s": t_controls},
+        name_task=task, embeddings=Z_te if config.save_embeddings else None, n_boot=config.n_boot,
+        seed=h.seed, warnings=warnings, extra=extra, log=log, controls=controls,
+        incomplete=cv.incomplete_reasons(tr, va, te), **kwargs)

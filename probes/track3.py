@@ -35,6 +35,7 @@ from typing import Any
 import click
 import numpy as np
 
+from probes.cli_common import ProbeCommand
 from probes.experiments import EXPERIMENTS, Experiment, get_experiment
 
 __all__ = ["RunRecord", "Track3Report", "experiment_config", "input_fingerprint", "run_track3", "track3_command"]
@@ -54,6 +55,9 @@ STATUS_HEADING = "## Track 3 plan status"
 # permutations 0: that many refits are then run for forced choice alone).
 DEFAULT_PERMUTATIONS = 19
 DEFAULT_NULL_REPEATS = 0
+# The covariate the plan's linear experiments are controlled for when the store has it
+# (`facestore covariates STORE --name-gender`): names carry gender, and so do faces.
+DEFAULT_CONTROL = "name_gender"
 SPLIT_KINDS = ("identity", "pseudo", "image")
 # Runtime choices that do not change what is computed (beyond float round-off), so changing
 # them does not invalidate a result.
@@ -138,15 +142,19 @@ def runs_nulls(exp: Experiment) -> bool:
     return exp.family == "linear" and (exp.group == "plan" or exp.plan_ref == "baseline")
 
 
-def experiment_config(exp: Experiment, *, models: Sequence[str], task: str, seed: int = 0, device: str = "auto",
-                      n_boot: int = 1000, permutations: int = 0, null_repeats: int = 0):
+def experiment_config(exp: Experiment, *, models: Sequence[str], task, seed: int = 0, device: str = "auto",
+                      n_boot: int = 1000, permutations: int = 0, null_repeats: int = 0, controls: Sequence[str] = (),
+                      control_permutations: int = 99, allow_incomplete: bool = False):
     """The family config (``LinearConfig``, ``KNNConfig``, ...) that runs ``exp`` on ``task``.
 
     ``models`` are the store models it runs on (for an ensemble, the present subset).
+    ``task`` is a names spec or a resolved :class:`~probes.names.NameTask` (a within-value task).
     ``seed`` seeds the probe's initialisation and the bootstrap; the split has its own seed.
     ``permutations`` / ``null_repeats``: for :func:`runs_nulls` experiments, the whole-fit
     permutation null and forced choice with that many shuffled-name repeats (0: neither);
-    an experiment's own options override them.
+    ``controls``: for the same experiments, the covariate controls with
+    ``control_permutations`` within-stratum refits; an experiment's own options override them.
+    ``allow_incomplete`` runs on models with rows still pending (recorded in every result).
     """
     cls = _family_config_class(exp.family)
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -173,6 +181,11 @@ def experiment_config(exp: Experiment, *, models: Sequence[str], task: str, seed
         kw["permutations"] = int(permutations)
         kw["forced_choice"] = permutations > 0 or null_repeats > 0
         kw["null_repeats"] = int(null_repeats)
+    if runs_nulls(exp) and controls and "controls" in fields:
+        kw["controls"] = tuple(controls)
+        kw["control_permutations"] = int(control_permutations)
+    if allow_incomplete and "allow_incomplete" in fields:
+        kw["allow_incomplete"] = True
     unknown = sorted(set(opts) - fields)
     if unknown:
         raise ValueError(f"experiment {exp.name!r}: options {unknown} are not fields of {cls.__name__} "
@@ -202,9 +215,14 @@ def input_fingerprint(store, exp: Experiment, config, split, *, models: Sequence
 
     Inputs: the experiment's name and family, its family config (without runtime fields such as
     the device), for every model the resolved spec stored with the vectors and the number of
-    ok rows, the split's name and content hash, and for zero-shot a hash of the stored text
-    embeddings with their templates and names.
+    ok rows, the split's name and content hash, for zero-shot a hash of the stored text
+    embeddings with their templates and names, and for every covariate the result uses
+    (``--control``, a within-value task, same-covariate foils) a hash of its values and its attrs.
     """
+    from probes.covariates import covariate_fingerprint
+    from probes.forced_choice import SAME_PREFIX, is_same_covariate
+    from probes.names import NameTask
+
     cfg = _jsonable(config)
     for k in _RUNTIME_FIELDS:
         cfg.pop(k, None)
@@ -218,6 +236,13 @@ def input_fingerprint(store, exp: Experiment, config, split, *, models: Sequence
                        "rows": int(status[m].size)} for m in models},
         "split": {"name": split.name, "hash": split.hash},
     }
+    used = list(getattr(config, "controls", ()) or ())
+    if isinstance(getattr(config, "names", None), NameTask) and config.names.within:
+        used.append(config.names.within[0])
+    if getattr(config, "forced_choice", False):
+        used += [k[len(SAME_PREFIX):] for k in getattr(config, "foils", ()) if is_same_covariate(k)]
+    if used:
+        inputs["covariates"] = {c: covariate_fingerprint(store, c) for c in sorted(set(used))}
     if exp.family == "zeroshot":
         text = store.text_embeddings(models[0], exp.template_set)
         h = hashlib.sha256(np.ascontiguousarray(text.embeddings, dtype=np.float32).tobytes())
@@ -230,22 +255,23 @@ def input_fingerprint(store, exp: Experiment, config, split, *, models: Sequence
 # --------------------------------------------------------------------------- availability
 
 
-def _model_problem(store, model: str, stored: set[str]) -> str | None:
+def _model_problem(store, model: str, stored: set[str], *, allow_incomplete: bool = False) -> str | None:
     if model not in stored:
         return f"model {model} is not in the store"
     st = store.status(model)
     pending = int((st == 0).sum())
-    if pending:
-        return (f"model {model} is incomplete ({pending} of {st.size} rows pending); resume it with the same "
-                "`facestore build` command")
+    if pending and not allow_incomplete:
+        return (f"model {model} is incomplete ({pending} of {st.size} rows pending); finish it with "
+                f"{store.fix_command(model)}, or run with --allow-incomplete to use the rows written so far")
     if not int((st == 1).sum()):
         return f"model {model} has no successfully embedded image (see `facestore info`)"
     return None
 
 
-def _available_models(store, exp: Experiment, stored: set[str]) -> tuple[tuple[str, ...], str | None]:
+def _available_models(store, exp: Experiment, stored: set[str], *,
+                      allow_incomplete: bool = False) -> tuple[tuple[str, ...], str | None]:
     """The models ``exp`` runs on, or ``((), reason)`` when it cannot run on this store."""
-    problems = {m: _model_problem(store, m, stored) for m in exp.models}
+    problems = {m: _model_problem(store, m, stored, allow_incomplete=allow_incomplete) for m in exp.models}
     present = tuple(m for m in exp.models if problems[m] is None)
     if exp.family == "ensemble":
         need = exp.min_models or len(exp.models)
@@ -393,6 +419,10 @@ def run_track3(
     null_repeats: int = DEFAULT_NULL_REPEATS,
     reference: str | None = None,
     correction: str = "holm",
+    controls: Sequence[str] | None = None,
+    control_permutations: int | None = None,
+    within: str | None = None,
+    allow_incomplete: bool = False,
 ) -> Track3Report:
     """Run the Track 3 plan on ``store`` (a path or an open store); write results under ``out``.
 
@@ -408,23 +438,36 @@ def run_track3(
     control). ``permutations`` / ``null_repeats``: the nulls of the plan's linear experiments
     (:func:`runs_nulls`; 0 turns them off). ``reference`` / ``correction`` go to
     :func:`probes.compare.compare_results`.
+
+    ``controls``: covariates whose controls (:mod:`probes.controls`: oracle, from-face and the
+    within-stratum null) the plan's linear experiments run; None (the default) runs
+    ``name_gender`` when the store has it and nothing otherwise, ``()`` none.
+    ``control_permutations``: the within-stratum refits (default 99, so p can reach 0.01).
+    ``within``: a covariate whose values each get the plan's linear experiments on their own
+    names (folders ``track3_{experiment}_{task}_within-{covariate}-{value}``); values with too
+    few names or identities are recorded as skipped with the reason. ``allow_incomplete`` runs
+    on models with rows still pending, and every result records it.
     """
     from tqdm.auto import tqdm
 
     from facestore import open_store
     from facestore.errors import FacestoreError
-    from probes.errors import ProbeError
+    from probes.covariates import (DEFAULT_CONTROL_PERMUTATIONS, check_controls, within_experiment, within_tasks)
+    from probes.errors import ProbeConfigError, ProbeError
     from probes.knn import task_slug
     from probes.names import resolve_names
     from probes.splits import get_split
 
     if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
+        raise ProbeConfigError(f"seeds must be >= 1, got {seeds}")
     if permutations < 0 or null_repeats < 0:
-        raise ValueError(f"permutations and null_repeats must be >= 0, got {permutations} and {null_repeats}")
+        raise ProbeConfigError(f"permutations and null_repeats must be >= 0, got {permutations} and {null_repeats}")
+    n_control = DEFAULT_CONTROL_PERMUTATIONS if control_permutations is None else int(control_permutations)
+    if n_control < 1:
+        raise ProbeConfigError(f"control_permutations must be >= 1 (99 lets p reach 0.01), got {control_permutations}")
     names = [str(n).strip() for n in names if str(n).strip()]
     if not names:
-        raise ValueError("give at least one name task, e.g. names=('top30', 'all')")
+        raise ProbeConfigError("give at least one name task, e.g. names=('top30', 'all')")
     t_start = time.perf_counter()
     st = store if hasattr(store, "model_spec") else open_store(store, mode="a")
     out = Path(out)
@@ -446,6 +489,24 @@ def run_track3(
     if split_by == "image":
         say("warning: image-level splits: the same person can be in train and test; every result is reported as "
             "a control with a leakage warning, never ranked")
+    if controls is None:
+        controls = (DEFAULT_CONTROL,) if DEFAULT_CONTROL in st.index.covariates else ()
+        if controls:
+            say(f"control: the store has a {DEFAULT_CONTROL} covariate, so the plan's linear experiments run its "
+                f"controls by default (oracle, from the face, beyond {DEFAULT_CONTROL} with {n_control} within-stratum "
+                "permutations); --no-control turns them off")
+    else:
+        controls = tuple(controls)
+        if controls:
+            say(f"control: {', '.join(controls)} for the plan's linear experiments ({n_control} within-stratum "
+                "permutations each)")
+    check_controls(st, controls)
+    if within:
+        check_controls(st, (within,))
+        say(f"within: the plan's linear experiments also run inside each value of {within}")
+    if allow_incomplete:
+        say("warning: --allow-incomplete: models with rows still pending run on the rows written so far; every "
+            "result records it")
 
     task_errors: dict[str, str | None] = {}
     for task in {t for e in experiments for t in (e.names or names)}:
@@ -459,7 +520,7 @@ def run_track3(
     units: list[tuple[Experiment, tuple[str, ...], str, int]] = []
     records: list[RunRecord] = []
     for exp in experiments:
-        models, reason = _available_models(st, exp, stored)
+        models, reason = _available_models(st, exp, stored, allow_incomplete=allow_incomplete)
         for task in exp.names or names:
             for s in range(seed, seed + seeds):
                 if reason is None and task_errors[task]:
@@ -478,36 +539,35 @@ def run_track3(
             say(f"skip {r.experiment}: {r.reason}")
 
     splits: dict[int, Any] = {}
-    bar = tqdm(units, desc="track3", unit="experiment", disable=not progress)
-    for exp, models, task, s in bar:
-        slug = task_slug(task)
-        folder_name = f"{exp.name}_{slug}" + (f"-seed{s}" if seeds > 1 else "")
-        bar.set_postfix_str(folder_name)
+
+    def run_unit(exp, models, task, s, folder_name: str, seed_group: str | None, label: str,
+                 unit_controls: Sequence[str]) -> dict | None:
+        """Run (or find unchanged) one result folder; append its record; the summary, or None if it failed."""
         folder = out / f"track3_{folder_name}"
-        base = {"experiment": exp.name, "plan_ref": exp.plan_ref, "group": exp.group, "task": task, "seed": s,
+        base = {"experiment": exp.name, "plan_ref": exp.plan_ref, "group": exp.group, "task": label, "seed": s,
                 "folder": str(folder), "models": models}
         t0 = time.perf_counter()
         try:
-            if s not in splits:
-                splits[s] = get_split(st, by=split_by, seed=s)
             split = splits[s]
             config = experiment_config(exp, models=models, task=task, seed=s, device=device, n_boot=n_boot,
-                                       permutations=permutations, null_repeats=null_repeats)
+                                       permutations=permutations, null_repeats=null_repeats,
+                                       controls=unit_controls, control_permutations=n_control,
+                                       allow_incomplete=allow_incomplete)
             digest, inputs = input_fingerprint(st, exp, config, split, models=models)
             if not force and _read_fingerprint(folder) == digest:
                 summary = json.loads((folder / "summary.json").read_text())
                 records.append(RunRecord(**base, status="unchanged", reason="inputs unchanged since the last run",
                                          **_headline(summary)))
                 say(f"unchanged {folder.name}: inputs (store spec, split {split.hash[:10]}, config) are the same")
-                continue
-            say(f"run {folder.name}: {exp.family} on {', '.join(models)}, split {split.name}")
-            seed_group = f"{exp.name}_{slug}" if seeds > 1 else None
+                return summary
+            say(f"run {folder.name}: {exp.family} on {', '.join(models)}, split {split.name}"
+                + (f", controls {', '.join(config.controls)}" if getattr(config, "controls", ()) else ""))
             summary = _run_family(st, exp, config, split, out, folder_name, seed_group)
         except (ProbeError, FacestoreError) as e:
             records.append(RunRecord(**base, status="failed", reason=f"{type(e).__name__}: {e}",
                                      seconds=time.perf_counter() - t0))
             say(f"FAILED {folder.name}: {type(e).__name__}: {e}")
-            continue
+            return None
         seconds = time.perf_counter() - t0
         written = Path(summary["path"])
         # Written after the (atomic) result folder, atomically too: a kill in between leaves a
@@ -519,12 +579,59 @@ def run_track3(
         tmp.replace(written / FINGERPRINT_FILE)
         head = _headline(summary)
         with (written / "run.log").open("a", encoding="utf-8") as fh:
-            fh.write(f"track3: experiment {exp.name} (plan {exp.plan_ref or exp.group}), task {task}, seed {s}, "
+            fh.write(f"track3: experiment {exp.name} (plan {exp.plan_ref or exp.group}), task {label}, seed {s}, "
                      f"models {', '.join(models)}\n")
             fh.write(f"track3: input fingerprint {digest} (split {split.name}); {seconds:.1f} s\n")
         records.append(RunRecord(**base, status="ran", seconds=seconds, **head))
         say(f"done {folder.name}: balanced accuracy {head['balanced_accuracy']:.4f} (chance {head['chance']:.4f}), "
             f"top-1 {head['accuracy']:.4f}, {seconds:.1f} s")
+        for cov, c in (summary.get("controls") or {}).items():
+            b = c["beyond"]
+            say(f"  control {cov}: oracle {c['oracle']['balanced_accuracy']:.4f}, from the face "
+                f"{c['from_face']['balanced_accuracy']:.4f}, beyond {cov}: p {b['p_value']:.3g} "
+                f"({b['n_permutations']} within-stratum permutations, {c['seconds']:.1f} s)")
+        return summary
+
+    bar = tqdm(total=len(units), desc="track3", unit="experiment", disable=not progress)
+    for exp, models, task, s in units:
+        slug = task_slug(task)
+        folder_name = f"{exp.name}_{slug}" + (f"-seed{s}" if seeds > 1 else "")
+        bar.set_postfix_str(folder_name)
+        try:
+            if s not in splits:
+                splits[s] = get_split(st, by=split_by, seed=s)
+        except (ProbeError, FacestoreError) as e:
+            records.append(RunRecord(exp.name, exp.plan_ref, exp.group, task, s, "failed", f"{type(e).__name__}: {e}",
+                                     models=models))
+            say(f"FAILED track3_{folder_name}: {type(e).__name__}: {e}")
+            bar.update(1)
+            continue
+        run_unit(exp, models, task, s, folder_name, f"{exp.name}_{slug}" if seeds > 1 else None, task, controls)
+        bar.update(1)
+        if not (within and runs_nulls(exp)):
+            continue
+        label_base = f"{task} within {within}"
+        try:
+            plan = within_tasks(st, names=task, split=splits[s], covariate=within, models=models)
+        except (ProbeError, FacestoreError) as e:
+            records.append(RunRecord(exp.name, exp.plan_ref, exp.group, label_base, s, "failed",
+                                     f"{type(e).__name__}: {e}", models=models))
+            say(f"FAILED within {within} of {folder_name}: {type(e).__name__}: {e}")
+            continue
+        for sk in plan.skipped:
+            reason = f"within {within}={sk['value']}: {sk['reason']}"
+            records.append(RunRecord(exp.name, exp.plan_ref, exp.group, f"{label_base}={sk['value']}", s, "skipped",
+                                     reason, models=models))
+            say(f"skip {within_experiment(f'{exp.name}_{slug}', within, sk['value'])}: {reason}")
+        bar.total += len(plan.tasks)
+        bar.refresh()
+        for value, vtask in plan.tasks:
+            base_name = within_experiment(f"{exp.name}_{slug}", within, value)
+            bar.set_postfix_str(base_name)
+            # Controls qualify the overall task; inside one value there is no covariate left to control.
+            run_unit(exp, models, vtask, s, base_name + (f"-seed{s}" if seeds > 1 else ""),
+                     base_name if seeds > 1 else None, vtask.spec, ())
+            bar.update(1)
     bar.close()
 
     comparison = _write_report(out, records, n_boot=n_boot, plots=plots, say=say, reference=reference,
@@ -533,7 +640,8 @@ def run_track3(
                           seconds=time.perf_counter() - t_start)
     (out / STATUS_FILE).write_text(json.dumps(
         {"store": str(st.path), "names": names, "seeds": seeds, "by": split_by, "permutations": permutations,
-         "null_repeats": null_repeats, "seconds": report.seconds,
+         "null_repeats": null_repeats, "controls": list(controls), "control_permutations": n_control,
+         "within": within, "allow_incomplete": allow_incomplete, "seconds": report.seconds,
          "records": [r.to_dict() for r in records]}, indent=2) + "\n")
     counts = {k: len(report.by_status(k)) for k in ("ran", "unchanged", "skipped", "failed")}
     say(f"track3 finished in {report.seconds:.1f} s: " + ", ".join(f"{v} {k}" for k, v in counts.items())
@@ -593,7 +701,7 @@ def _list_experiments() -> str:
     return "\n".join(lines)
 
 
-@click.command("track3")
+@click.command("track3", cls=ProbeCommand)
 @click.option("--store", "store_path", default=None, type=click.Path(exists=True, file_okay=False),
               help="The store (made with facestore build).")
 @click.option("--out", default="results", show_default=True, type=click.Path(file_okay=False),
@@ -608,14 +716,15 @@ def _list_experiments() -> str:
 @click.option("--n-boot", default=1000, show_default=True, type=click.IntRange(min=1),
               help="Bootstrap replicates of every CI and of the paired comparisons.")
 @click.option("--force", is_flag=True, help="Re-run experiments whose inputs did not change.")
-@click.option("--no-plots", is_flag=True, help="Skip the PNG plots of the comparison.")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots of the comparison and the HTML report.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--list", "list_only", is_flag=True, help="List the plan's experiments and exit.")
 @click.option("--by", "split_by", default="identity", show_default=True,
               help="Split kind: identity | pseudo (pseudo:NAME) | image. A store without identities needs "
                    "`probes identities` first (then pseudo) or an explicit image (results are then controls).")
 @click.option("--permutations", default=DEFAULT_PERMUTATIONS, show_default=True, type=click.IntRange(min=0),
-              help="Whole-fit permutation null refits of the plan's linear experiments (0: none).")
+              help="Whole-fit permutation null refits of the plan's linear experiments (0: none); when given (>= 1) "
+                   "also the within-stratum permutations of the controls (else 99).")
 @click.option("--null-repeats", default=DEFAULT_NULL_REPEATS, show_default=True, type=click.IntRange(min=0),
               help="Forced-choice null refits of the plan's linear experiments when --permutations is 0 (else the "
                    "permutation refits serve); forced choice is off when both are 0.")
@@ -623,13 +732,31 @@ def _list_experiments() -> str:
               help="Reference experiment of the paired comparisons (default: clip_linear when it ran).")
 @click.option("--correction", default="holm", show_default=True, type=click.Choice(["holm", "bh"]),
               help="Multiplicity correction of the report: holm (family-wise) or bh (false discovery rate).")
-def track3_command(store_path, out, names, seeds, seed, only, device, n_boot, force, no_plots, no_progress, list_only,
-                   split_by, permutations, null_repeats, reference, correction):
+@click.option("--control", "controls", multiple=True,
+              help="Covariate the plan's linear experiments are controlled for (oracle, from the face, beyond it with "
+                   "a within-stratum null); repeatable or comma-separated [default: name_gender when the store has "
+                   "it].")
+@click.option("--no-control", is_flag=True, help="Run no covariate control (not even the default name_gender).")
+@click.option("--within", default=None,
+              help="Also run the plan's linear experiments inside each value of this covariate "
+                   "(folders track3_{experiment}_{task}_within-{covariate}-{value}).")
+@click.option("--allow-incomplete", is_flag=True,
+              help="Run on models whose rows are not all written yet, using the rows written so far; every result "
+                   "records it.")
+@click.pass_context
+def track3_command(ctx, store_path, out, names, seeds, seed, only, device, n_boot, force, no_plots, no_progress,
+                   list_only, split_by, permutations, null_repeats, reference, correction, controls, no_control,
+                   within, allow_incomplete):
     """Run the Track 3 plan in its priority order; write every result folder and track3_comparison.md.
 
     Experiments whose models are not in the store are skipped with the reason in the report;
-    experiments whose inputs (store spec, split hash, config) did not change are not re-run.
+    experiments whose inputs (store spec, split hash, config, covariates) did not change are not
+    re-run. With a name_gender covariate in the store (facestore covariates STORE --name-gender)
+    the plan's linear experiments also answer "is it more than gender?".
     """
+    from probes.cli_common import split_list
+    from probes.covariates import control_permutations
+
     if list_only:
         click.echo(_list_experiments())
         return
@@ -641,17 +768,18 @@ def track3_command(store_path, out, names, seeds, seed, only, device, n_boot, fo
             _select(only_list)
         except KeyError as e:
             raise click.BadParameter(str(e.args[0]), param_hint="--only") from None
-    from facestore.errors import FacestoreError
-    from probes.errors import ProbeError
-
-    try:
-        report = run_track3(store_path, out, names=names.split(","), seeds=seeds, seed=seed, only=only_list,
-                            device=device, n_boot=n_boot, force=force, plots=not no_plots,
-                            progress=not no_progress, echo=lambda line: click.echo(line, err=True), by=split_by,
-                            permutations=permutations, null_repeats=null_repeats, reference=reference,
-                            correction=correction)
-    except (ProbeError, FacestoreError, ValueError) as e:
-        raise click.ClickException(str(e)) from e
+    control_list = split_list(controls)
+    if no_control and control_list:
+        raise click.UsageError("give --control COVARIATE or --no-control, not both")
+    # The rule of docs/probes.md: --permutations, when given, also sizes the within-stratum null.
+    given = ctx.get_parameter_source("permutations") not in (click.core.ParameterSource.DEFAULT, None)
+    report = run_track3(store_path, out, names=names.split(","), seeds=seeds, seed=seed, only=only_list,
+                        device=device, n_boot=n_boot, force=force, plots=not no_plots,
+                        progress=not no_progress, echo=lambda line: click.echo(line, err=True), by=split_by,
+                        permutations=permutations, null_repeats=null_repeats, reference=reference,
+                        correction=correction, controls=() if no_control else (control_list or None),
+                        control_permutations=control_permutations(permutations if given else None), within=within,
+                        allow_incomplete=allow_incomplete)
     counts = ", ".join(f"{len(report.by_status(k))} {k}" for k in ("ran", "unchanged", "skipped", "failed"))
     click.echo(f"track3: {counts} -> {report.comparison}")
     if not no_plots and (Path(out) / "comparison.json").is_file():  # the HTML report renders comparison.json

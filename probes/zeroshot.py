@@ -31,7 +31,8 @@ carry the correction, and :meth:`~ZeroShotClassifier.predict` follows it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.exceptions import NotFittedError
@@ -40,6 +41,9 @@ from sklearn.exceptions import NotFittedError
 # stored prompts and the probes' names for them cannot drift apart.
 from facestore.text import NAME_TAILORED_TEMPLATES, PLAN_TEMPLATES, TEMPLATE_SETS  # noqa: F401 (re-exported)
 from probes.errors import ProbeConfigError
+
+if TYPE_CHECKING:
+    from probes.names import NameTask
 
 PRIOR_CORRECTIONS = ("none", "mean-logit", "fit-bias")
 
@@ -229,19 +233,29 @@ class TextEmbeddingsArrays:
 
 @dataclass(frozen=True)
 class ZeroShotConfig:
-    """One zero-shot experiment (recorded in config.json)."""
+    """One zero-shot experiment (recorded in config.json).
+
+    ``controls``, ``control_permutations``, ``foils``, ``allow_incomplete``: as
+    :class:`~probes.linear_experiment.LinearConfig`'s. Nothing is trained, so the within-stratum
+    null shuffles the TEST names across test identities within each value over the fixed
+    predictions, and "from the face" is the value of the predicted name.
+    """
 
     model: str
     view: str | None = None
     template_set: str = "plan"
     template: str = "ensemble"
     prior_correction: str = "none"
-    names: str = "all"
+    names: str | NameTask = "all"
     min_images: int = 0
     n_boot: int = 1000
     forced_choice: bool = False
     null_repeats: int = 0
     random_state: int = 0
+    foils: tuple[str, ...] = ("uniform", "popularity")
+    controls: tuple[str, ...] = ()
+    control_permutations: int = 99
+    allow_incomplete: bool = False
 
 
 def _task_text(text, task_names):
@@ -276,15 +290,17 @@ def run_zeroshot(store, *, config: ZeroShotConfig, split, out, experiment: str |
     """
     import time
 
+    from probes import covariates as cv
     from probes.data import load_xy
-    from probes.evaluation import finish_experiment
-    from probes.knn import task_slug
-    from probes.metrics import balanced_accuracy
+    from probes.evaluation import config_record, finish_experiment
+    from probes.metrics import balanced_accuracy, top_k_indices
     from probes.names import resolve_names
 
+    kinds = cv.foil_kinds(config.foils, config.controls)
+    cv.check_controls(store, config.controls, kinds if config.forced_choice else ())
     t0 = time.perf_counter()
     task = resolve_names(store, config.names, min_images=config.min_images)
-    kw = dict(view=config.view, split=split, names=task)
+    kw = dict(view=config.view, split=split, names=task, allow_incomplete=config.allow_incomplete)
     tr, va, te = (load_xy(store, config.model, subset=s, **kw) for s in ("train", "val", "test"))
     text = _task_text(store.text_embeddings(config.model, config.template_set), task.names)
     template = int(config.template) if str(config.template).isdigit() else config.template
@@ -304,11 +320,26 @@ def run_zeroshot(store, *, config: ZeroShotConfig, split, out, experiment: str |
 
         # The model's own probabilities (no prior correction). Its null shuffles test names across
         # identities over them: exact here, since the classifier never saw a training name.
-        extra["forced_choice"] = forced_choice_report(clf.predict_proba(te.X), te.y, train_labels=trainval_y,
-                                                      groups=te.groups, seed=config.random_state,
-                                                      null_repeats=config.null_repeats)
+        rows = cv.stack_subsets(tr, va, te)
+        extra["forced_choice"] = forced_choice_report(
+            clf.predict_proba(te.X), te.y, train_labels=trainval_y, groups=te.groups, seed=config.random_state,
+            null_repeats=config.null_repeats, foil_kinds=kinds,
+            name_values=cv.foil_values(store, kinds, names=task.names, y=rows["y"], rows=rows["rows"],
+                                       subset=rows["subset"]))
     experiment = experiment or experiment_name(config)
-    cfg = {"family": "zeroshot", "experiment": experiment, **asdict(config), "view": te.view,
+    log = [f"zero-shot {experiment}: {clf.kind_} scale {clf.logit_scale_:.4g} bias {clf.logit_bias_}, "
+           f"templates {config.template_set}/{config.template}, prior correction {config.prior_correction}"]
+    controls, t_controls = None, 0.0
+    if config.controls:
+        pred = top_k_indices(scores, k=1)[:, 0]
+        controls, t_controls = cv.run_controls(
+            store, covariates=config.controls, factory=None, names=task.names,
+            observed=balanced_accuracy(te.y, pred), n_permutations=config.control_permutations,
+            n_boot=config.n_boot, seed=config.random_state, fixed_predictions=pred,
+            refits="nothing (zero-shot trains nothing): the test names are shuffled across test identities within "
+                   "each value over the fixed predictions; from the face = the value of the predicted name",
+            log=log.append, **cv.stack_subsets(tr, va, te))
+    cfg = {"family": "zeroshot", "experiment": experiment, **config_record(config), "view": te.view,
            "name_task": task.info(), "probe": clf.params()}
     extra["seed_group"] = seed_group  # the multi-seed experiment this run belongs to (probes compare)
     from probes.linear_experiment import accepts_probabilities
@@ -317,7 +348,6 @@ def run_zeroshot(store, *, config: ZeroShotConfig, split, out, experiment: str |
     return finish_experiment(
         out, experiment=experiment, scores=scores, y_true=te.y, names=task.names, image_ids=te.image_ids,
         groups=te.groups, train_labels=trainval_y, config=cfg, split_info=split.info(), store_path=store.path,
-        model_spec=store.model_spec(config.model), timings={"fit_s": t_fit}, name_task=task.spec,
-        n_boot=config.n_boot, seed=config.random_state, extra=extra, **kwargs,
-        log=[f"zero-shot {experiment}: {clf.kind_} scale {clf.logit_scale_:.4g} bias {clf.logit_bias_}, "
-             f"templates {config.template_set}/{config.template}, prior correction {config.prior_correction}"])
+        model_spec=store.model_spec(config.model), timings={"fit_s": t_fit, "controls_s": t_controls},
+        name_task=task, n_boot=config.n_boot, seed=config.random_state, extra=extra, log=log, controls=controls,
+        incomplete=cv.incomplete_reasons(tr, va, te), **kwargs)

@@ -25,7 +25,7 @@ KNOWN_SUMMARY_KEYS = {
     "experiment", "family", "model", "view", "name_task", "headline", "metrics", "ci", "ci_method", "chance",
     "p_value", "significant", "significance_level", "permutation", "plan", "split", "store_path", "model_spec",
     "probe", "timings", "warnings", "extra", "created", "host", "calibration", "forced_choice", "baseline",
-    "significance", "manifest", "control",
+    "significance", "manifest", "control", "controls", "incomplete",
 }
 RAW_FILES = ("summary.json", "config.json", "results.csv", "run.log", "track3_status.json")
 
@@ -322,6 +322,10 @@ def _forced_choice(summary: dict, fig_dir: Path, stem: str, report_dir: Path) ->
     entries, rows = [], []
     for e in fc:
         label = f"{e.get('n_way', '?')}-way, {e.get('foils', '?')} foils"
+        if e.get("skipped"):
+            label += f" (not run: {e['skipped']})"
+        elif e.get("left_out"):
+            label += f" ({e['left_out']})"
         scores = {k: _score_triplet(e.get(k)) for k in ("raw", "prior_corrected", "prior_only")}
         null = e.get("null") if isinstance(e.get("null"), dict) else None
         band = None
@@ -393,6 +397,50 @@ def _galleries(res, proba, store: StoreView, thumbs: Thumbnails, opts: PageOptio
     return "".join(out), notes
 
 
+def _controls(summary: dict) -> str:
+    """summary.json ``controls``: per covariate the oracle, from-face and beyond-covariate numbers as written."""
+    controls = summary.get("controls")
+    if not controls:
+        return _missing("no covariate controls in this result (a probe with --control COVARIATE adds them)")
+    if not isinstance(controls, dict):
+        return generic(controls)
+    out = []
+    for cov, c in controls.items():
+        if not isinstance(c, dict):
+            out.append(f"<h3>{esc(cov)}</h3>" + generic(c))
+            continue
+        o, f, b = (c.get(k) if isinstance(c.get(k), dict) else {} for k in ("oracle", "from_face", "beyond"))
+        cov_face = f.get("covariate") if isinstance(f.get("covariate"), dict) else {}
+        rows = [
+            ("oracle: a face-blind rule that knows the true value", Cell(esc(fmt(o.get("balanced_accuracy")))),
+             Cell(fmt_ci(o.get("balanced_accuracy_ci"))), Cell(esc(fmt(o.get("accuracy"))))),
+            ("from the face: the value predicted, then guessing among its names",
+             Cell(esc(fmt(f.get("balanced_accuracy")))), Cell(fmt_ci(f.get("balanced_accuracy_ci"))),
+             Cell(esc(fmt(f.get("accuracy"))))),
+            (f"{cov} itself from the face", Cell(esc(fmt(cov_face.get("balanced_accuracy")))),
+             Cell(fmt_ci(cov_face.get("ci"))), Cell(esc(fmt(cov_face.get("accuracy"))))),
+            ("the probe", Cell(esc(fmt(b.get("balanced_accuracy")))), Cell(fmt_ci(b.get("ci"))), Cell("–")),
+            ("within-stratum null (mean, central 95%)", Cell(esc(fmt(b.get("null_mean")))),
+             Cell(fmt_ci(b.get("null_ci"))), Cell("–")),
+        ]
+        sig = b.get("significant")
+        verdict = (f'<p class="{"sig" if sig else "ns"}">Beyond {esc(cov)}: p = {esc(fmt_p(b.get("p_value")))} '
+                   f"over {esc(fmt(b.get('n_permutations')))} within-stratum permutations (smallest possible "
+                   f"{esc(fmt_p(b.get('min_p_value')))}), {'significant' if sig else 'not significant'} at "
+                   f"{esc(fmt(b.get('alpha')))} before the comparison's correction.</p>")
+        refits = f'<p class="note">Null refits: {prose(c.get("refits") or "not recorded")}.</p>'
+        missing = c.get("missing") if isinstance(c.get("missing"), dict) else {}
+        miss = (f'<p class="note">{esc(missing.get("n_images"))} images with an unplaced value '
+                f'({esc(", ".join(missing.get("labels") or []))}) kept as a value of their own.</p>'
+                if missing.get("n_images") else "")
+        rest = {k: v for k, v in c.items() if k not in ("oracle", "from_face", "beyond")}
+        out.append(f"<h3>{esc(cov)}</h3>" + table(("score", "balanced acc.", "95% CI", "top-1"), rows) + verdict
+                   + refits + miss + "<details><summary>every field of this control</summary>"
+                   + generic({**rest, "oracle": o, "from_face": f,
+                              "beyond": {k: v for k, v in b.items() if k != "null"}}) + "</details>")
+    return "".join(out)
+
+
 def _per_name(res) -> str:
     if not res.per_class:
         return _missing("results.csv has no rows")
@@ -427,7 +475,13 @@ def render_experiment(res, *, page_path: Path, index_href: str, store: StoreView
         what = generic(control, depth=1) if isinstance(control, dict) else esc(control)
         sections.append(f'<p class="warn">This result is a control, never ranked: {what}</p>')
 
+    incomplete = summary.get("incomplete")
+    if incomplete:
+        sections.append('<p class="warn">Incomplete data, used knowingly (--allow-incomplete): '
+                        + esc("; ".join(map(str, incomplete)) if isinstance(incomplete, list) else incomplete) + "</p>")
     sections.append(_section("headline", "Headline metrics", _headline(summary, list(res.names), comparison_row)))
+    if summary.get("controls"):
+        sections.append(_section("controls", "Is it more than the covariate?", _controls(summary)))
     if comparison_row:
         sections.append("<details><summary>this experiment's row of comparison.json</summary>"
                         + generic(comparison_row) + "</details>")
@@ -470,7 +524,7 @@ def render_experiment(res, *, page_path: Path, index_href: str, store: StoreView
                 f"store {esc(summary.get('store_path'))}.</p>")
     sections.append(_section("details", "Everything else in summary.json", "".join(more)))
 
-    toc = [("headline", "metrics"), ("confusion", "confusions"), ("recall", "recall"),
+    toc = [("headline", "metrics"), ("controls", "covariate controls"), ("confusion", "confusions"), ("recall", "recall"),
            ("distribution", "names"), ("calibration", "calibration"), ("forced-choice", "forced choice"),
            ("galleries", "faces"), ("per-name", "per name"), ("details", "details")]
     present = {a for a, _ in toc if f'id="{a}"' in "".join(sections)}

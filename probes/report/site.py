@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from probes.errors import ResultFormatError
+from probes.errors import ResultFormatError, ResultsNotFoundError
 from probes.report import figures as F
 from probes.report.experiment import ExperimentPage, PageOptions, render_experiment
 from probes.report.gallery import StoreView, Thumbnails, open_store_view
@@ -101,6 +101,33 @@ def _beyond(row: dict) -> Cell:
     return cell
 
 
+def _beyond_covariate(row: dict) -> Cell:
+    """Each covariate's corrected verdict (comparison.json ``beyond_covariate``), p adj. in the tooltip."""
+    verdicts = row.get("beyond_covariate")
+    if not isinstance(verdicts, dict) or not verdicts:
+        return Cell("–")
+    parts, sort = [], None
+    for cov, v in verdicts.items():
+        if not isinstance(v, dict):
+            parts.append(esc(fmt(v)))
+            continue
+        sig = v.get("significant")
+        cls = "sig" if sig else "ns"
+        tip = f"{cov}: p raw {fmt_p(v.get('p_raw'))}, p adj. {fmt_p(v.get('p_adjusted'))}" + (
+            " (at the smallest p the permutations can give)" if v.get("p_at_floor") else "")
+        parts.append(f'<span class="{cls}" title="{esc(tip)}">{esc(v.get("text") or cov)}</span>')
+        sort = v.get("p_adjusted") if sort is None else sort
+    return Cell("<br>".join(parts), sort if _num(sort) else None)
+
+
+def _incomplete(row: dict) -> Cell:
+    reasons = row.get("incomplete")
+    if not reasons:
+        return Cell("–")
+    text = "; ".join(str(r) for r in reasons) if isinstance(reasons, list) else str(reasons)
+    return Cell(f'<span class="warn" title="{esc(text)}">incomplete data</span>', 1)
+
+
 def _top5(row: dict) -> Cell:
     v = row.get("top5_accuracy")
     if v is None and row.get("top5_note"):
@@ -135,6 +162,8 @@ COLUMNS = (
      lambda r: Cell(esc(fmt_p(_first(r, "permutation_p_adj", "permutation_p"))),
                     _first(r, "permutation_p_adj", "permutation_p"))),
     ("beyond name frequency", ("beyond_frequency",), _beyond),
+    ("beyond the covariate", ("beyond_covariate",), _beyond_covariate),
+    ("incomplete", ("incomplete",), _incomplete),
     ("warnings", ("warnings",), lambda r: len(r["warnings"]) if isinstance(r.get("warnings"), list) else r.get("warnings")),
 )
 
@@ -174,7 +203,8 @@ def _comparison_tables(comparison: dict, page_of: dict[str, str]) -> str:
     out = ['<p class="note">From comparison.json (click a column to sort). Balanced accuracy is the headline; '
            "each p-value is one-sided against the baseline in its row; adjusted p-values and "
            "<i>above baseline</i> apply the correction in the settings below; hover a cell of "
-           "<i>beyond name frequency</i> for its checks.</p>"]
+           "<i>beyond name frequency</i> for its checks, of <i>beyond the covariate</i> for its p-values "
+           "(the covariate controls are under Controls).</p>"]
     if isinstance(settings, dict):
         out.append(f'<p class="note">Settings: {generic(settings, depth=1)}</p>')
     best = comparison.get("best") if isinstance(comparison.get("best"), dict) else {}
@@ -467,9 +497,9 @@ def build_report(results_dir: str | Path, *, out: str | Path | None = None, stor
     report_dir_resolved = report_dir.resolve()
     folders = [f for f in folders if report_dir_resolved not in f.resolve().parents]
     if not folders:
-        raise FileNotFoundError(
-            f"no result folders (with summary.json) under {results_dir}; run `probes track3 --out {results_dir}` "
-            "or a probe with --out first")
+        raise ResultsNotFoundError(
+            f"no result folders (with summary.json) under {results_dir}; write some first with "
+            f"`probes track3 --store STORE --out {results_dir}` or a probe's --out")
     report_dir.mkdir(parents=True, exist_ok=True)
 
     comparison, comparison_problem = None, None

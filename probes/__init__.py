@@ -6,6 +6,7 @@ In a notebook::
     split = make_split(store, by="identity", seed=0)
     train = load_xy(store, "dinov2-base", split=split, subset="train")
     ...
+    probes.controls.covariate_controls(factory, X=X, names=names, covariate=gender, subset=subset, groups=groups)
 
 Names are imported lazily so that ``import probes`` (and ``probes --help``) stays instant.
 """
@@ -23,6 +24,7 @@ __all__ = [
     "load_xy",
     "make_split",
     "compare_results",
+    "controls",
 ]
 
 _LAZY = {
@@ -37,6 +39,8 @@ _LAZY = {
     "compare_results": ("probes.compare", "compare_results"),
     "SupConLoss": ("probes.supcon", "SupConLoss"),
     "KNNProbe": ("probes.knn", "KNNProbe"),
+    # The covariate controls as a module (``probes.controls.covariate_controls(factory, X=..., ...)``).
+    "controls": ("probes.controls", None),
 }
 
 
@@ -45,7 +49,8 @@ def __getattr__(name: str):
         import importlib
 
         module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
+        mod = importlib.import_module(module)
+        return mod if attr is None else getattr(mod, attr)
     raise AttributeError(f"module 'probes' has no attribute {name!r}")
 
 

@@ -202,3 +202,25 @@ def test_encoder_training_reads_train_images_only_and_saves_a_loadable_checkpoin
         run_linear(store, config=cfg, split=other, out=tmp_path / "r")
     summary = run_linear(store, config=cfg, split=split, out=tmp_path / "r")
     assert summary["split"]["hash"] == split.hash
+
+
+def test_encoder_training_preprocesses_exactly_like_the_build_of_supcon_resnet50():
+    """The trainer's pixels are the build's: torchvision's rounded centre-crop offset (the default
+    floored one shifts a 235 -> 224 crop by one pixel, a different input everywhere)."""
+    from facestore.models.preprocess import ImagePreprocessor
+    from facestore.models.registry import get_spec
+    from facestore.models.timm_family import SupConEncoder
+    from probes.supcon import training_preprocessor
+
+    spec = get_spec("supcon-resnet50")
+    build = SupConEncoder(spec, encoder=None, projector=None, device=torch.device("cpu"), precision="fp32",
+                          preprocessing=spec.preprocessing, weights={}, view_dims={}, versions={})
+    rng = np.random.default_rng(0)
+    for shape in ((300, 300, 3), (512, 384, 3), (97, 131, 3)):
+        image = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        built = build.model_input(build.preprocessor()(image))
+        trained = training_preprocessor(spec.preprocessing)(image)
+        assert torch.equal(trained.reshape(built.shape), built), shape
+    image = rng.integers(0, 256, size=(300, 300, 3), dtype=np.uint8)  # 235 - 224 = 11: offsets 5 vs 6
+    floored = ImagePreprocessor(spec.preprocessing)(image)
+    assert not torch.equal(floored.reshape(built.shape), build.model_input(build.preprocessor()(image)))

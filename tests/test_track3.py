@@ -238,3 +238,101 @@ def test_zero_shot_hint_suggests_facestore_text_only_for_text_models():
     no_tower = _no_text_reason("dinov2-base", "plan")
     assert "no text tower" in no_tower and "facestore text" not in no_tower
     assert "facestore text` cannot" in _no_text_reason("my-imported-model", "plan")
+
+
+def test_track3_controls_name_gender_by_default_and_reports_the_verdict(tmp_path):
+    """A store with a name_gender covariate: the plan's linear experiments run its controls by
+    default (and --within makes one folder per value); the comparison shows the verdict; a changed
+    covariate changes the input fingerprint; --no-control turns the controls off."""
+    from facestore.cli import main as facestore_main
+    from facestore.store.covariates import add_name_gender
+    from probes.track3 import input_fingerprint
+    from tests.synthetic_covariates import planted_gender_store
+
+    store, d = planted_gender_store(tmp_path / "store", names_per_gender=2, people_split=(3, 2, 2),
+                                    images_per_person=3, dim=8)
+    import_embeddings(store, "clip-vit-b-32", embeddings=d.X, ids=d.image_ids, view="image", chunk_rows=64)
+    res = CliRunner().invoke(facestore_main, ["covariates", str(tmp_path / "store"), "--name-gender"])
+    assert res.exit_code == 0, res.output
+    lines: list[str] = []
+    out = tmp_path / "r"
+    _run(str(tmp_path / "store"), out, only=["clip_linear"], control_permutations=5, within="name_gender",
+         echo=lines.append)
+    assert any("run its controls by default" in line for line in lines)
+    s = json.loads((out / "track3_clip_linear_all" / "summary.json").read_text())
+    c = s["controls"]["name_gender"]
+    assert c["beyond"]["n_permutations"] == 5 and c["attrs"]["source"].startswith("nomquamgender")
+    for value in ("f", "m"):
+        w = json.loads((out / f"track3_clip_linear_all_within-name_gender-{value}" / "summary.json").read_text())
+        assert w["name_task"]["within"] == {"covariate": "name_gender", "value": value} and w["metrics"]["n_classes"] == 2
+    status = json.loads((out / "track3_status.json").read_text())
+    assert status["controls"] == ["name_gender"] and status["within"] == "name_gender"
+    assert {r["task"] for r in status["records"] if r["status"] == "ran"} == \
+        {"all", "all within name_gender=f", "all within name_gender=m"}
+    data = json.loads((out / "comparison.json").read_text())
+    sec = next(x for x in data["controls"] if x["kind"] == "covariate controls")
+    assert [r["experiment"] for r in sec["rows"]] == ["clip_linear_all"]
+    fam = next(f for f in data["families"] if f["name"] == "beyond_covariate")
+    assert fam["n_tests"] == 1 and fam["correction"] == "holm"
+    row = next(r for r in data["experiments"] if r["experiment"] == "clip_linear_all")
+    verdict = row["beyond_covariate"]["name_gender"]
+    assert verdict["p_raw"] == c["beyond"]["p_value"] and verdict["p_adjusted"] is not None
+    kinds = {r["kind"] for r in data["recommendations"]}
+    assert kinds & {"beyond_covariate", "not_beyond_covariate"}
+    md = (out / "track3_comparison.md").read_text()
+    assert "## Beyond the covariate" in md and "clip_linear_all" in md.split("## Beyond the covariate")[1]
+    # Within-value rows are tasks of their own, never the plan's 4-name task.
+    assert {r["task_key"] for r in data["experiments"]} >= {"all within name_gender=f (2 names)"}
+
+    from probes.experiments import get_experiment
+
+    exp = get_experiment("clip_linear")
+    st = open_store(tmp_path / "store", mode="a")
+    from probes.splits import get_split
+
+    split = get_split(st, by="identity", seed=0)
+    cfg = experiment_config(exp, models=exp.models, task="all", controls=("name_gender",), control_permutations=5)
+    before, inputs = input_fingerprint(st, exp, cfg, split, models=exp.models)
+    assert "name_gender" in inputs["covariates"]
+    add_name_gender(st, threshold=0.2)  # same values, other attrs: the result depends on them
+    assert input_fingerprint(st, exp, cfg, split, models=exp.models)[0] != before
+
+
+def test_cli_track3_control_options_map_to_run_track3(tmp_path, monkeypatch):
+    """--control / --no-control / --permutations / --within / --allow-incomplete reach run_track3 as documented."""
+    import probes.track3 as t3
+
+    seen = {}
+
+    class Report:
+        comparison = tmp_path / "track3_comparison.md"
+        ok = True
+
+        def by_status(self, status):
+            return []
+
+    def fake(store, out, **kw):
+        seen.clear()
+        seen.update(kw)
+        return Report()
+
+    monkeypatch.setattr(t3, "run_track3", fake)
+    store = tmp_path / "s"
+    store.mkdir()
+
+    def call(*args, code=0):
+        res = CliRunner().invoke(track3_command, ["--store", str(store), "--out", str(tmp_path / "r"), "--no-plots",
+                                                  *args])
+        assert res.exit_code == code, res.output
+        return res
+
+    call()
+    assert seen["controls"] is None and seen["control_permutations"] == 99  # None: name_gender if the store has it
+    call("--no-control")
+    assert seen["controls"] == ()
+    call("--control", "name_gender,age", "--control", "name_gender", "--permutations", "7", "--within", "age",
+         "--allow-incomplete")
+    assert seen["controls"] == ("name_gender", "age") and seen["control_permutations"] == 7
+    assert seen["within"] == "age" and seen["allow_incomplete"] is True and seen["permutations"] == 7
+    res = call("--no-control", "--control", "name_gender", code=2)
+    assert "not both" in res.output

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from facestore.errors import BuildError, FacestoreError, ImageDecodeError, PreprocessFailure
+from facestore.errors import BuildError, BuildUsageError, FacestoreError, ImageDecodeError, PreprocessFailure
 
 log = logging.getLogger("facestore.build")
 
@@ -393,10 +393,10 @@ def _resolve_models(models: str | Sequence[str]) -> list[str]:
 
     names = [models] if isinstance(models, str) else list(models)
     if not names:
-        raise BuildError("no model to build: pass at least one --model NAME (`facestore models` lists them)")
+        raise BuildUsageError("no model to build: pass at least one --model NAME (`facestore models` lists them)")
     dupes = sorted({m for m in names if names.count(m) > 1})
     if dupes:
-        raise BuildError(f"model(s) {', '.join(dupes)} given more than once; pass each --model once")
+        raise BuildUsageError(f"model(s) {', '.join(dupes)} given more than once; pass each --model once")
     for m in names:
         get_spec(m)  # unknown names fail here with the list of available ones
     return names
@@ -408,10 +408,10 @@ def _resolve_weights(weights: str | os.PathLike | Mapping[str, Any] | None, mode
     if isinstance(weights, Mapping):
         unknown = sorted(set(weights) - set(models))
         if unknown:
-            raise BuildError(f"weights given for {', '.join(unknown)}, which is not built here (models: {', '.join(models)})")
+            raise BuildUsageError(f"weights given for {', '.join(unknown)}, which is not built here (models: {', '.join(models)})")
         return {m: (os.fspath(weights[m]) if weights.get(m) is not None else None) for m in models}
     if len(models) != 1:
-        raise BuildError(
+        raise BuildUsageError(
             f"one weights path for {len(models)} models is ambiguous; pass --weights NAME=DIR for each model "
             f"that needs local weights (models: {', '.join(models)})"
         )
@@ -419,15 +419,18 @@ def _resolve_weights(weights: str | os.PathLike | Mapping[str, Any] | None, mode
 
 
 def _resolve_options(options: Mapping[str, Any] | None, models: list[str]) -> dict[str, dict[str, Any]]:
-    from facestore.models import get_spec
+    from facestore.models import get_spec, list_models
 
     options = dict(options or {})
     per_model: dict[str, dict[str, Any]] = {m: {} for m in models}
     for key, value in options.items():
         takers = [m for m in models if key in dict(get_spec(m).options)]
         if not takers:
-            raise BuildError(f"option {key!r} applies to none of the models built ({', '.join(models)}); "
-                             "it belongs to the models whose spec lists it (see `facestore models --json`)")
+            owners = [m for m in list_models() if key in dict(get_spec(m).options)]
+            raise BuildUsageError(
+                f"option {key!r} (--{key.replace('_', '-')}) applies to none of the models built "
+                f"({', '.join(models)}); it applies to {', '.join(owners) or 'no registry model'}: drop it, or "
+                "build those models with it")
         for m in takers:
             per_model[m][key] = value
     return per_model

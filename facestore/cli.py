@@ -30,11 +30,13 @@ import click
 
 from facestore.errors import (
     BuildError,
+    BuildUsageError,
     DatasetChangedError,
     DatasetError,
     DeviceError,
     FacestoreError,
     IncompleteModelError,
+    ModelConfigError,
     ModelNotFoundError,
     NonFiniteError,
     SpecMismatchError,
@@ -44,8 +46,10 @@ from facestore.errors import (
     StoreFormatError,
     StoreLockedError,
     StoreNotFoundError,
+    TemplateError,
     ViewNotFoundError,
     WeightsNotFoundError,
+    WeightsUnreadableError,
 )
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_DAMAGED, EXIT_LOCKED, EXIT_OS = 0, 1, 2, 3, 4, 5
@@ -54,8 +58,9 @@ EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_DAMAGED, EXIT_LOCKED, EXIT_OS = 0, 1, 2
 _EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], int], ...] = (
     ((StoreCorruptError, NonFiniteError, StoreFormatError), EXIT_DAMAGED),
     ((StoreLockedError,), EXIT_LOCKED),
-    ((ModelNotFoundError, DatasetError, DatasetChangedError, SpecMismatchError, StoreNotFoundError, StoreExistsError,
-      ViewNotFoundError, WeightsNotFoundError, DeviceError), EXIT_USAGE),
+    ((WeightsUnreadableError,), EXIT_OS),  # permission denied, as for any other file
+    ((BuildUsageError, ModelNotFoundError, ModelConfigError, DatasetError, DatasetChangedError, SpecMismatchError, StoreNotFoundError,
+      StoreExistsError, TemplateError, ViewNotFoundError, WeightsNotFoundError, DeviceError), EXIT_USAGE),
     ((BuildError, IncompleteModelError, StoreError), EXIT_PROBLEMS),
 )
 

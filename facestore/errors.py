@@ -83,12 +83,31 @@ class WeightsNotFoundError(FacestoreError, FileNotFoundError):
     """Weights could not be found locally and could not be downloaded."""
 
 
+class ModelConfigError(FacestoreError, ValueError):
+    """A model cannot be loaded or run as asked: the weights, options or precision given do not fit
+    it (a checkpoint of another architecture, an option it does not take, a random-init baseline
+    given weights). The message names the model and what to change."""
+
+
+class WeightsUnreadableError(FacestoreError, PermissionError):
+    """A weights file exists but this process may not read it."""
+
+
+class TemplateError(FacestoreError, ValueError):
+    """Prompt templates that cannot be used (no ``{}`` slot, empty file, duplicates)."""
+
+
 class DeviceError(FacestoreError, RuntimeError):
     """The requested device or execution provider is not available."""
 
 
 class BuildError(FacestoreError, RuntimeError):
     """A build could not complete (``--strict`` failures, distributed setup)."""
+
+
+class BuildUsageError(BuildError, ValueError):
+    """A build asked for something that cannot be done as given (a model named twice, weights for a
+    model not built, an option none of the models takes): a usage error, not a failed build."""
 
 
 class ImageDecodeError(FacestoreError, ValueError):

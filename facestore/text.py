@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from facestore.errors import FacestoreError
+from facestore.errors import FacestoreError, TemplateError  # TemplateError: importable from here too
 
 #: The plan's five prompt templates (experiment 3.5), in its order.
 PLAN_TEMPLATES: tuple[str, ...] = (
@@ -41,10 +41,6 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "plan": PLAN_TEMPLATES,
     "name-tailored": NAME_TAILORED_TEMPLATES,
 }
-
-
-class TemplateError(FacestoreError, ValueError):
-    """Prompt templates that cannot be used (no ``{}`` slot, empty file, duplicates)."""
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from facestore.errors import FacestoreError
+from facestore.errors import ModelConfigError
 from facestore.models.spec import ModelSpec
 
 
-class TextTowerError(FacestoreError, TypeError):
+class TextTowerError(ModelConfigError, TypeError):
     """Text embeddings were asked of a model without a text tower."""
 
     def __init__(self, name: str) -> None:

@@ -10,7 +10,7 @@ import fnmatch
 import importlib
 from typing import Any
 
-from facestore.errors import ModelNotFoundError
+from facestore.errors import FacestoreError, ModelConfigError, ModelNotFoundError
 from facestore.models.spec import (
     HALF_MEAN,
     HALF_STD,
@@ -85,7 +85,39 @@ def load_encoder(
     """
     spec = name if isinstance(name, ModelSpec) else get_spec(name)
     module = importlib.import_module(FAMILY_MODULES[spec.family])
-    return module.load(spec, weights=weights, device=device, precision=precision, options=dict(options or {}))
+    try:
+        return module.load(spec, weights=weights, device=device, precision=precision, options=dict(options or {}))
+    except FacestoreError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        # The family libraries report a checkpoint they cannot use as whatever they hit first (timm: a
+        # KeyError 'architecture' for a transformers config.json); our own checks raise ValueError.
+        # Either way it is the weights or options given, so say which model and what to check,
+        # in one line instead of a traceback.
+        raise ModelConfigError(_load_failure_message(spec, weights, e)) from e
+
+
+def _load_failure_message(spec: ModelSpec, weights: str | None, error: BaseException) -> str:
+    detail = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    detail = " ".join(detail.split())
+    if len(detail) > 400:  # torch lists every missing key of a state dict: thousands of characters
+        detail = detail[:400] + " ..."
+    if _raised_by_facestore(error):  # our own checks already say what to change
+        return detail if detail.startswith(spec.name) else f"{spec.name}: {detail}"
+    where = f"--weights {weights!r}" if weights is not None else f"the cached weights of {spec.source!r}"
+    return (f"{spec.name}: could not load {where} ({type(error).__name__}: {detail}). Check that it is a "
+            f"checkpoint of {spec.name} ({spec.family} family, source {spec.source}); `facestore models "
+            f"{spec.name}` shows what it should be")
+
+
+def _raised_by_facestore(error: BaseException) -> bool:
+    """Whether the innermost frame of ``error``'s traceback is facestore's own code (not a library's)."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith("facestore.")
 
 
 def _dinov2(size: str, dim: int) -> ModelSpec:

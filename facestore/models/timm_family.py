@@ -46,7 +46,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from facestore.errors import WeightsNotFoundError
+from facestore.errors import ModelConfigError, WeightsNotFoundError
 from facestore.models.base import Encoder, library_versions, sha256_of_files
 from facestore.models.hub import hub_call
 from facestore.models.weights import check_readable, describe_folder, pickled_hint, require_files, require_folder
@@ -221,10 +221,11 @@ def _load_timm_weights(spec: ModelSpec, weights: str | Path) -> tuple[Any, dict[
     if path.is_dir() and (path / "config.json").is_file():
         (st,) = require_files(spec.name, path, [("model.safetensors",)], expected=TIMM_WEIGHTS)
         check_readable(spec.name, [path / "config.json", st])
+        config = _timm_config(spec, path)
         # Pass config.json's model_args explicitly too: timm releases before ~1.0.20 ignore them
         # in local-dir folders and would build the default architecture size.
-        model_args = json.loads((path / "config.json").read_text()).get("model_args", {})
-        model = timm.create_model(f"local-dir:{path}", pretrained=True, **model_args)
+        model = _create_checked(spec, path, lambda: timm.create_model(f"local-dir:{path}", pretrained=True,
+                                                                      **config.get("model_args", {})))
         files = [path / "config.json", st]
     else:
         if path.is_dir():
@@ -240,10 +241,58 @@ def _load_timm_weights(spec: ModelSpec, weights: str | Path) -> tuple[Any, dict[
                 f"{spec.name}: --weights {str(path)!r} is not a .safetensors file; facestore never unpickles weights"
             )
         check_readable(spec.name, [path])
-        model = timm.create_model(spec.source, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+        model = _create_checked(spec, path, lambda: timm.create_model(
+            spec.source, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))))
         files = [path]
     identity = {"kind": "local", "path_name": Path(weights).name, "sha256": sha256_of_files(files)}
     return model, identity
+
+
+def _timm_config(spec: ModelSpec, folder: Path) -> dict[str, Any]:
+    """``folder``'s config.json, refused unless it is a timm config of ``spec``'s architecture.
+
+    A transformers folder (DINOv2, SigLIP) also has a config.json and a model.safetensors; timm
+    would fail on it with ``KeyError: 'architecture'``, and a timm folder of another architecture
+    would load, and be stored, as ``spec.name``.
+    """
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelConfigError(f"{spec.name}: --weights {str(folder)!r}: config.json is not readable JSON ({e}); "
+                               f"pass {TIMM_WEIGHTS}") from None
+    want = spec.source.split(".")[0]
+    if not isinstance(config, dict) or "architecture" not in config:
+        kind = (f"a transformers {config.get('model_type')!r} checkpoint" if isinstance(config, dict)
+                and config.get("model_type") else "not a timm checkpoint")
+        raise ModelConfigError(
+            f"{spec.name}: --weights {str(folder)!r} holds {kind} (its config.json has no 'architecture'); "
+            f"{spec.name} needs a timm {want!r} checkpoint: {TIMM_WEIGHTS}")
+    if config["architecture"] != want:
+        raise ModelConfigError(
+            f"{spec.name}: --weights {str(folder)!r} holds a timm {config['architecture']!r} checkpoint but "
+            f"{spec.name} is {want!r}; pass the folder of a {want!r} checkpoint")
+    return config
+
+
+def _create_checked(spec: ModelSpec, path: Path, create: Callable[[], Any]) -> Any:
+    """``create()``, with torch's state-dict mismatch (every key listed) said in one line."""
+    try:
+        return create()
+    except RuntimeError as e:
+        text = str(e)
+        if "state_dict" not in text:
+            raise
+        missing = re.search(r"Missing key\(s\) in state_dict: (.*?)\.\s", text, re.S)
+        unexpected = re.search(r"Unexpected key\(s\) in state_dict: (.*?)\.\s", text, re.S)
+        counts = [f"{len(m.group(1).split(','))} {what}" for m, what in ((missing, "missing"),
+                                                                            (unexpected, "unexpected")) if m]
+        first = (unexpected or missing).group(1).split(",")[0].strip() if (unexpected or missing) else ""
+        shapes = " (tensor shapes differ)" if "size mismatch" in text else ""
+        raise ModelConfigError(
+            f"{spec.name}: the weights in {str(path)!r} do not fit timm's {spec.source.split('.')[0]!r}: "
+            f"{', '.join(counts) or 'the state dict differs'} keys{shapes}"
+            + (f", e.g. {first}" if first else "")
+            + f"; pass a {spec.source.split('.')[0]!r} checkpoint ({TIMM_WEIGHTS})") from None
 
 
 def _load_timm_hub(spec: ModelSpec) -> tuple[Any, dict[str, Any]]:
@@ -317,7 +366,7 @@ def _load_random_vit(spec: ModelSpec, *, weights: Any, device: Any, precision: s
     import torch
 
     if weights is not None:
-        raise ValueError(f"{spec.name} is a random-init baseline and takes no weights; drop --weights "
+        raise ModelConfigError(f"{spec.name} is a random-init baseline and takes no weights; drop --weights "
                          f"(its identity is the seed, option 'seed')")
     seed = int(options.get("seed", spec.option("seed", 0)))
     arch = random_vit_architecture(spec)

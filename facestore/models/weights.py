@@ -15,14 +15,15 @@ import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from facestore.errors import FacestoreError, WeightsNotFoundError
+# WeightsUnreadableError lives with the other errors (the CLI maps it to its exit code); imported
+# here too, where it has always been importable from.
+from facestore.errors import WeightsNotFoundError, WeightsUnreadableError
+
+__all__ = ["WeightsUnreadableError", "check_readable", "describe_folder", "pickled_hint", "readable_files",
+           "require_files", "require_folder"]
 
 #: Pickled checkpoint suffixes: facestore never loads them, and says so when they are all there is.
 PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-class WeightsUnreadableError(FacestoreError, PermissionError):
-    """A weights file exists but this process may not read it."""
 
 
 def _open(path: Path):  # one seam for tests: the suite runs as root, which reads any file

@@ -1,0 +1,111 @@
+"""What a new user hits first (issue h9): wrong weights for a model, options and commands that do not
+fit, failed images to find, a hidden folder in the dataset, a resume command that works as printed.
+
+Every error here must be one line with the exit code of docs/faq.md's table, never a traceback.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import facestore
+import facestore.errors as errors
+from facestore.cli import exit_code, main
+from facestore.models import load_encoder
+from tests.tiny import make_weights
+
+
+def run(*args, code: int = 0):
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    assert res.exit_code == code, (res.output, res.exception)
+    assert "Traceback" not in res.output
+    return res
+
+
+# ----------------------------------------------------------------------------- exit codes
+
+#: docs/faq.md's exit-code table, one row per facestore error class.
+EXPECTED_EXIT = {
+    "FacestoreError": 1, "StoreError": 1, "BuildError": 1, "IncompleteModelError": 1,
+    "ImageDecodeError": 1, "PreprocessFailure": 1,  # recorded per row; never reach the CLI
+    "DatasetError": 2, "StoreNotFoundError": 2, "StoreExistsError": 2, "ViewNotFoundError": 2,
+    "SpecMismatchError": 2, "DatasetChangedError": 2, "ModelNotFoundError": 2, "WeightsNotFoundError": 2,
+    "DeviceError": 2, "ModelConfigError": 2, "TemplateError": 2, "BuildUsageError": 2,
+    "StoreFormatError": 3, "StoreCorruptError": 3, "NonFiniteError": 3,
+    "StoreLockedError": 4,
+    "WeightsUnreadableError": 5,
+}
+
+
+def test_every_error_class_has_the_exit_code_of_the_table():
+    classes = {n: c for n, c in vars(errors).items()
+               if inspect.isclass(c) and issubclass(c, errors.FacestoreError)}
+    assert set(classes) == set(EXPECTED_EXIT), "a new error class needs its row in EXPECTED_EXIT and docs/faq.md"
+    got = {n: exit_code(c.__new__(c)) for n, c in classes.items()}
+    assert got == EXPECTED_EXIT
+
+
+def test_text_tower_and_template_errors_are_usage_errors():
+    from facestore.models.base import TextTowerError
+    from facestore.text import TemplateError
+
+    assert exit_code(TextTowerError("dinov2-small")) == 2
+    assert exit_code(TemplateError("no {}")) == 2
+
+
+# ----------------------------------------------------------------------------- weights that do not fit
+
+
+def test_a_transformers_folder_given_to_resnet50_says_what_it_holds(tmp_path):
+    dino = make_weights("dinov2-small", tmp_path)  # config.json + model.safetensors, like a timm folder
+    with pytest.raises(errors.ModelConfigError, match=r"transformers 'dinov2' checkpoint.*timm 'resnet50'"):
+        load_encoder("resnet50", weights=str(dino), device="cpu")
+
+
+def test_a_timm_folder_of_another_architecture_is_refused(tmp_path):
+    import json
+
+    folder = make_weights("resnet50", tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "architecture": "resnet18"}))
+    with pytest.raises(errors.ModelConfigError, match=r"timm 'resnet18' checkpoint but resnet50 is 'resnet50'"):
+        load_encoder("resnet50", weights=str(folder), device="cpu")
+
+
+def test_a_safetensors_file_of_another_model_is_one_short_line(tmp_path):
+    clip = make_weights("clip-vit-b-32", tmp_path)
+    with pytest.raises(errors.ModelConfigError) as info:
+        load_encoder("resnet50", weights=str(clip / "open_clip_model.safetensors"), device="cpu")
+    msg = str(info.value)
+    assert "do not fit timm's 'resnet50'" in msg and "missing" in msg and "unexpected" in msg
+    assert len(msg) < 600 and "\n" not in msg  # torch's own message lists every key
+
+
+def test_a_library_error_while_loading_names_the_model_and_the_weights(tmp_path, monkeypatch):
+    import facestore.models.timm_family as tf
+
+    def broken(*a, **k):
+        raise KeyError("pretrained_cfg")  # what a library raises on a checkpoint it does not understand
+
+    monkeypatch.setattr(tf, "_load_timm", broken)
+    with pytest.raises(errors.ModelConfigError, match=r"resnet50: could not load --weights '/w' \(KeyError: "
+                                                       r"pretrained_cfg\).*facestore models resnet50"):
+        load_encoder("resnet50", weights="/w", device="cpu")
+
+
+def test_cli_wrong_weights_and_options_are_one_line_usage_errors(chip_folder, tmp_path):
+    w = make_weights("resnet50", tmp_path / "w")
+    res = run("build", "--data", chip_folder, "--store", tmp_path / "s", "--model", "random-vit-tiny",
+              "--weights", w, "--no-progress", code=2)
+    assert "takes no weights; drop --weights" in res.output
+    res = run("build", "--data", chip_folder, "--store", tmp_path / "s", "--model", "pixels-32",
+              "--arcface-align", "center", "--no-progress", code=2)
+    assert "--arcface-align" in res.output and "applies to arcface-r50" in res.output
+    res = run("build", "--data", chip_folder, "--store", tmp_path / "s", "--model", "pixels-32",
+              "--model", "pixels-32", "--no-progress", code=2)
+    assert "more than once" in res.output
+    assert not (tmp_path / "s").exists()

@@ -8,8 +8,9 @@ as a traceback, with one exit code per class of error (documented in docs/faq.md
 0     success
 1     the command ran and found problems: ``verify`` found some, ``build --strict`` recorded
       failures, a build or import could not complete, a model group is unfinished
-2     usage or input error: a bad option or argument, an unknown model or view, an unusable
-      dataset or file, no store at the path, a spec that differs from the stored one
+2     usage or input error: a bad option or argument, an unknown model or view, weights or
+      options that do not fit the model, an unusable dataset or file, no store at the path, a
+      spec that differs from the stored one
 3     the store is damaged (a checksum, size, dtype or length that disagrees with the format,
       a missing member) or in a format this facestore cannot write: run ``facestore verify``
       (or ``facestore upgrade``)

@@ -14,6 +14,9 @@ Unicode NFC-normalised and stripped of surrounding whitespace (``" anna"``, ``"a
 ``"anna"`` are one name); a name spelled otherwise in the dataset keeps that verbatim form
 beside it. The label of a name is its index in the sorted list of names.
 
+Hidden entries (names starting with ``.``) are not indexed: hidden files are ignored, hidden
+folders (``.ipynb_checkpoints``, ``.thumbnails``) are recorded in ``skipped``.
+
 Only regular files are images. Entries named like images that are not (FIFOs, sockets,
 devices, directories, broken links) are never opened: a folder scan records them in
 ``skipped`` with the reason, a manifest that lists one is refused. Every path is resolved:
@@ -234,6 +237,11 @@ def _walk_folder(root: Path, *, follow_symlinks: bool):
             if _stat.S_ISDIR(st.st_mode):
                 if is_image:
                     skipped.append((r.as_posix(), "directory (named like an image)"))
+                    continue
+                if e.name.startswith("."):
+                    # .ipynb_checkpoints, .thumbnails, .Trash-1000: walked, they became a name
+                    # (or an identity) of their own, or mixed the folder's depths.
+                    skipped.append((f"{r.as_posix()}/", "hidden folder (its name starts with '.'), not indexed"))
                     continue
                 walk(e.path, r, outside_here)
             elif is_image and not top:  # images directly under ROOT have no name: ignored (documented)

@@ -35,6 +35,20 @@ def test_folder_mixing_depths_is_an_error(tmp_path):
         scan_dataset(tmp_path)
 
 
+def test_hidden_folders_are_recorded_not_indexed(chip_folder):
+    # Notebook checkpoints and thumbnail caches beside the chips: walked, ".ipynb_checkpoints" became a
+    # name (and, one level down, an identity, or a mix of depths that refused the whole dataset).
+    write_chips(chip_folder, {".ipynb_checkpoints": {"": 2}, ".thumbnails": {"x": 1}})
+    write_chips(chip_folder / "Anna", {".ipynb_checkpoints": {"p1": 1}})
+    (chip_folder / "Bob" / ".cache").mkdir()
+    ds = scan_dataset(chip_folder)
+    assert len(ds) == 18 and ds.names == ["Anna", "Bob", "Zoë"]
+    assert not any("/." in i or i.startswith(".") for i in ds.image_ids)
+    assert sorted(p for p, _ in ds.skipped) == [".ipynb_checkpoints/", ".thumbnails/", "Anna/.ipynb_checkpoints/",
+                                                 "Bob/.cache/"]
+    assert all("hidden folder" in reason for _, reason in ds.skipped)
+
+
 def test_empty_folder_is_an_error(tmp_path):
     (tmp_path / "name").mkdir()
     (tmp_path / "name" / "notes.txt").write_text("x")

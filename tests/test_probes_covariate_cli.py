@@ -190,7 +190,7 @@ def test_a_model_with_pending_rows_is_refused_and_accepted_knowingly(gender_only
     assert "facestore import" in res.output  # the command that finishes it
     assert not out.exists()
     res = _cli(["linear", "--store", gender_only, "--model", "cut", *FAST_LINEAR, "--allow-incomplete",
-                "--out", out])
+                "--control", "gender", "--permutations", "3", "--out", out])
     s = _summary(out, "cut_linear_all")
     assert s["incomplete"] and all("pending" in r for r in s["incomplete"])
     assert any(w.startswith("incomplete data used knowingly") for w in s["warnings"])
@@ -202,3 +202,10 @@ def test_a_model_with_pending_rows_is_refused_and_accepted_knowingly(gender_only
     md = (out / "track3_comparison.md").read_text()
     assert "**Incomplete data** (--allow-incomplete): cut_linear_all" in md
     assert any(r["kind"] == "incomplete" for r in json.loads((out / "comparison.json").read_text())["recommendations"])
+    # The HTML report shows both on the row and on the experiment's page.
+    _cli(["report", out])
+    index = (out / "report" / "index.html").read_text()
+    assert "incomplete data" in index and "Covariate controls: is the name signal more than the covariate?" in index
+    page = (out / "report" / "track3_cut_linear_all.html").read_text()
+    assert "Incomplete data, used knowingly" in page and "Is it more than the covariate?" in page
+    assert "within-stratum null" in page

@@ -28,30 +28,7 @@ def _split_options(f):
                      help="How a new split groups rows: identity | image | pseudo-identity:<name>.")(f)
     f = click.option("--seed", default=0, show_default=True, type=int, help="Split seed when --split is not given.")(f)
     f = click.option("--split", "split_name", default=None, help="A saved split's name (default: make one from --seed).")(f)
-    return _accept_fractions(f)
-
-
-def _accept_fractions(cmd):
-    """Transitional: a command whose function does not take ``val_fraction``/``test_fraction`` yet
-    runs with the default fractions and refuses other values, instead of failing on the keywords."""
-    import functools
-    import inspect
-
-    fn = cmd.callback if isinstance(cmd, click.Command) else cmd
-    if {"val_fraction", "test_fraction"} <= set(inspect.signature(fn).parameters):
-        return cmd
-
-    @functools.wraps(fn)
-    def wrapper(*args, val_fraction=0.1, test_fraction=0.2, **kwargs):
-        if (val_fraction, test_fraction) != (0.1, 0.2):
-            raise click.UsageError("this command does not take --val/--test yet; make the split with "
-                                   "`probes split --val V --test T` and pass --split NAME")
-        return fn(*args, **kwargs)
-
-    if isinstance(cmd, click.Command):
-        cmd.callback = wrapper
-        return cmd
-    return wrapper
+    return f
 
 
 def _seeds_option(f):
@@ -435,14 +412,15 @@ def ensemble_cmd(store_path, models, views, mode, split_name, seed, by, val_frac
               help="Run on a model whose rows are not all written yet, using the rows written so far; "
                    "summary.json records it.")
 @_common_out
-def audit_cmd(store_path, model, view, split_name, seed, by, names, min_images, threshold, quantile, k, temperature,
-              allow_incomplete, device, n_boot, out, experiment):
+def audit_cmd(store_path, model, view, split_name, seed, by, val_fraction, test_fraction, names, min_images, threshold,
+              quantile, k, temperature, allow_incomplete, device, n_boot, out, experiment):
     """Identity-leak audit: test identities also in training, test images with a same-person training
     neighbour, kNN with and without them."""
     from probes.audit import run_audit
 
     store = _open(store_path, "r" if split_name else "a")
-    summ = run_audit(store, model=model, split=_split(store, split_name, by, seed), out=out, threshold=threshold,
+    split = _split(store, split_name, by, seed, val_fraction, test_fraction)
+    summ = run_audit(store, model=model, split=split, out=out, threshold=threshold,
                      quantile=quantile, view=view, names=names, min_images=min_images, k=k,
                      temperature=temperature, device=device, n_boot=n_boot, seed=seed, experiment=experiment,
                      allow_incomplete=allow_incomplete)

@@ -125,3 +125,18 @@ def test_audit_without_a_threshold_tells_a_disjoint_split_from_an_image_level_on
     assert leaky["extra"]["audit"]["share_nearest_above_threshold"] > 0.5
     assert any("possible identity leakage" in w for w in leaky["warnings"])
     assert ok["control"]["kind"] == "leak audit"  # probes compare lists audits under Controls
+
+
+def test_cli_audit_takes_val_and_test_fractions_for_the_split_it_makes(tmp_path):
+    from click.testing import CliRunner
+
+    from probes.cli import main
+    from tests.synthetic import planted_store
+
+    planted_store(tmp_path / "s.zarr", n_names=4, images_per_person=3, dim=8, seed=2)
+    res = CliRunner().invoke(main, ["audit", "--store", str(tmp_path / "s.zarr"), "--model", "toy", "--val", "0.2",
+                                    "--test", "0.3", "--k", "5", "--out", str(tmp_path / "r"), "--n-boot", "50",
+                                    "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    split = json.loads((tmp_path / "r" / "track3_toy_audit_all" / "summary.json").read_text())["split"]
+    assert (split["val"], split["test"]) == (0.2, 0.3) and split["name"].startswith("identity-v0.2-t0.3"), split

@@ -122,6 +122,8 @@ class BuildReport:
             if m.failures_total and m.failures_total != m.failures:
                 total = ", ".join(f"{r} {n}" for r, n in sorted(m.failures_total.items()))
                 lines.append(f"    failures in the store: {total}")
+        if any(m.failures_total for m in self.models):
+            lines.append(f"  `facestore info {self.store}` names the failed images and why")
         if all(m.rows_written == 0 and not m.failures for m in self.models) and self.rows_decoded == 0:
             lines.append("  nothing to do: every row of every model is already written")
         return "\n".join(lines)

@@ -292,11 +292,15 @@ def index_(data, store_path, follow_symlinks, rehash, workers) -> None:
         click.echo(f"{len(rep.missing)} stored image(s) are no longer in the dataset (kept), e.g. {rep.missing[0]}")
 
 
+#: Failed images ``facestore info`` prints per model (``--json`` lists every one).
+_FAILURES_SHOWN = 5
+
+
 @main.command()
 @click.argument("store_path", metavar="STORE", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="print the whole description as JSON")
 def info(store_path: str, as_json: bool) -> None:
-    """Describe a store: images, names, models with their status counts, covariates."""
+    """Describe a store: images, names, models with their status counts and failed images, covariates."""
     from facestore.store.store import open_store
 
     data = open_store(store_path, mode="r").info()
@@ -314,6 +318,13 @@ def info(store_path: str, as_json: bool) -> None:
         again = "the same import command" if s["kind"] == "imported" else "the same build command"
         state = "complete" if s["complete"] else f"INCOMPLETE (resume with {again})"
         click.echo(f"  {m} [{s['kind']}]: {views}; {s['dtype']}; {status}; {state}")
+        shown = s["failures"][:_FAILURES_SHOWN]
+        for f in shown:
+            detail = f["detail"].removeprefix(f"{f['reason']}: ")  # the detail starts with the reason again
+            click.echo(f"    failed: {f['image_id']}: {f['reason']}" + (f" ({detail})" if detail else ""))
+        if len(s["failures"]) > len(shown):
+            click.echo(f"    ... and {len(s['failures']) - len(shown)} more failed images "
+                       f"(`facestore info {store_path} --json` lists them all)")
         if s["text_template_sets"]:
             click.echo(f"    text embeddings: {', '.join(s['text_template_sets'])}")
     if data["covariates"]:

@@ -109,3 +109,64 @@ def test_cli_wrong_weights_and_options_are_one_line_usage_errors(chip_folder, tm
               "--model", "pixels-32", "--no-progress", code=2)
     assert "more than once" in res.output
     assert not (tmp_path / "s").exists()
+
+
+# ----------------------------------------------------------------------------- failed images, resuming
+
+
+def _bad_images(root: Path) -> None:
+    good = next(root.glob("Anna/p1/*.jpg")).read_bytes()
+    (root / "Anna" / "p1" / "cut.jpg").write_bytes(good[:300])
+    (root / "Bob" / "p3" / "empty.jpg").write_bytes(b"")
+
+
+def test_info_names_the_failed_images_and_why(chip_folder, tmp_path):
+    _bad_images(chip_folder)
+    store = tmp_path / "s"
+    res = run("build", "--data", chip_folder, "--store", store, "--model", "pixels-32", "--workers", "0",
+              "--no-progress")
+    assert f"`facestore info {store}` names the failed images" in res.output
+    res = run("info", store)
+    assert "failed: Anna/p1/cut.jpg: truncated (" in res.output
+    assert "failed: Bob/p3/empty.jpg: empty_file (" in res.output and "(empty_file:" not in res.output
+    import json
+
+    failures = json.loads(run("info", store, "--json").output)["models"]["pixels-32"]["failures"]
+    assert [(f["image_id"], f["reason"]) for f in failures] == [("Anna/p1/cut.jpg", "truncated"),
+                                                                 ("Bob/p3/empty.jpg", "empty_file")]
+    assert all(f["detail"] for f in failures)
+
+
+def test_the_printed_resume_command_carries_the_recorded_settings_and_resumes(chip_folder, tmp_path):
+    import shlex
+
+    store = tmp_path / "s"
+    run("build", "--data", chip_folder, "--store", store, "--model", "pixels-32", "--chunk-rows", "4",
+        "--dtype", "float32", "--workers", "0", "--no-progress")
+    for f in (store / "models" / "pixels-32" / "status" / "c").iterdir():
+        if f.name in ("1", "3"):
+            f.unlink()  # two chunks back to pending, as after a kill
+    s = facestore.open_store(store)
+    assert not s.is_complete("pixels-32")
+    command = s.fix_command("pixels-32")
+    assert "--chunk-rows 4 --dtype float32" in command and "--batch-size" not in command
+    args = shlex.split(command.strip("`").split("`")[0])[1:]  # drop "facestore" and " (it resumes)"
+    res = run(*args, "--workers", "0", "--no-progress")  # with the defaults it was refused: chunk_rows 4 -> 8192
+    assert "8 rows written" in res.output
+    assert facestore.open_store(store).is_complete("pixels-32")
+
+
+def test_build_flags_reproduce_every_recorded_setting():
+    from facestore.store.store import _build_flags
+
+    defaults = {"chunk_rows": 8192, "dtype": "float16",
+                "spec": {"name": "dinov2-small", "precision": "fp32", "options": {}, "weights": {"kind": "hub"},
+                         "pipeline": {"batch_size": 32, "decode": "full", "device_type": "cpu"}}}
+    assert _build_flags(defaults) == []
+    arcface = {"chunk_rows": 8192, "dtype": "float16",
+               "spec": {"name": "arcface-r50", "precision": "bf16",
+                        "options": {"arcface_align": "center", "no_face": "record", "arcface_center_fraction": 0.5},
+                        "weights": {"kind": "local", "path_name": "buffalo_l"},
+                        "pipeline": {"batch_size": 64, "decode": "draft", "device_type": "cuda"}}}
+    assert _build_flags(arcface) == ["--batch-size 64", "--decode draft", "--device cuda", "--precision bf16",
+                                     "--arcface-align center", "--weights DIR"]

@@ -626,7 +626,8 @@ class Store:
             source = attrs.get("spec", {}).get("source") or "VECTORS.npy"
             return f"`facestore import {self.path} --model {model} --embeddings {source} --ids IDS` (it resumes)"
         data = self.data_root or "DATA"
-        return f"`facestore build --data {data} --store {self.path} --model {model}` (it resumes)"
+        flags = "".join(f" {f}" for f in _build_flags(attrs))
+        return f"`facestore build --data {data} --store {self.path} --model {model}{flags}` (it resumes)"
 
     def require_complete(self, model: str, *, rows: np.ndarray | None = None, status: np.ndarray | None = None) -> None:
         """Raise :class:`IncompleteModelError` unless ``model`` (or its ``rows``) is complete."""
@@ -885,12 +886,45 @@ class Store:
             "n_identities": int(len(np.unique(idx.identities))) if idx.identities is not None else None,
             "images_per_name": {"min": int(counts.min()) if len(counts) else 0,
                                 "max": int(counts.max()) if len(counts) else 0},
-            "models": {m: {k: v for k, v in self.summary(m).items() if k != "spec"} for m in self.models},
+            "models": {m: {**{k: v for k, v in self.summary(m).items() if k != "spec"},
+                           "failures": [{"image_id": i, "reason": r, "detail": d} for i, r, d in self.failures(m)]}
+                       for m in self.models},
             "splits": self.splits, "identity_sources": self.identity_sources,
             "covariates": covs,
             "skipped": {"count": int(iattrs.get("n_skipped", 0)), "entries": iattrs.get("skipped", [])},
             "follow_symlinks": bool(iattrs.get("follow_symlinks", False)),
         }
+
+
+def _build_flags(attrs: dict[str, Any]) -> list[str]:
+    """The ``facestore build`` options that reproduce a model group's recorded settings, where they
+    differ from the defaults: a resume with other ones is refused (the stored bits would change),
+    so the command printed to finish a build must carry them."""
+    from facestore.models.registry import get_spec, list_models
+
+    spec = attrs.get("spec") or {}
+    pipeline = spec.get("pipeline") or {}
+    flags: list[str] = []
+    if attrs.get("chunk_rows") not in (None, 8192):
+        flags.append(f"--chunk-rows {attrs['chunk_rows']}")
+    if attrs.get("dtype") not in (None, "float16"):
+        flags.append(f"--dtype {attrs['dtype']}")
+    if pipeline.get("batch_size") not in (None, 32):
+        flags.append(f"--batch-size {pipeline['batch_size']}")
+    if pipeline.get("decode") == "draft":
+        flags.append("--decode draft")
+    if pipeline.get("device_type") == "cuda":
+        flags.append("--device cuda")
+    if spec.get("precision") in ("bf16", "fp16"):  # fp32 is what --precision auto gives without bf16
+        flags.append(f"--precision {spec['precision']}")
+    name = str(spec.get("name"))
+    defaults = dict(get_spec(name).options) if name in list_models() else {}
+    for key, value in (spec.get("options") or {}).items():
+        if key in ("arcface_align", "no_face") and defaults.get(key) != value:
+            flags.append(f"--{key.replace('_', '-')} {value}")
+    if (spec.get("weights") or {}).get("kind") == "local":
+        flags.append("--weights DIR")  # only the folder's name and digest are recorded, not its path
+    return flags
 
 
 def _clean_leftovers(base: Path, name: str) -> None:

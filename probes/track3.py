@@ -268,6 +268,27 @@ def _model_problem(store, model: str, stored: set[str], *, allow_incomplete: boo
     return None
 
 
+def _encoder_split_problem(store, models: Sequence[str], split, *, seed: int) -> str | None:
+    """Why ``split`` must not probe one of ``models`` (a SupCon encoder trained on another split), or None.
+
+    The encoder's training images are its split's train rows, so another split's test people
+    were (mostly) among them: probing it there measures memorised people. The store holds one
+    ``supcon-resnet50`` group, i.e. one encoder, so only its own split can run.
+    """
+    from probes.supcon import encoder_split
+
+    for m in models:
+        trained = encoder_split(store.model_spec(m))
+        if trained is None or trained["hash"] == split.hash:
+            continue
+        return (f"model {m} is a SupCon encoder trained on the training identities of split {trained.get('name')}; "
+                f"probing it on split {split.name} (seed {seed}) would test it on people it was trained on (test "
+                f"leakage). Train one encoder per seed: probes supcon --store STORE --train-encoder --seed {seed} "
+                f"--checkpoint CKPT_{seed}, then facestore build --model {m} --weights CKPT_{seed} into a store of "
+                f"its own and run probes track3 --seed {seed} on it")
+    return None
+
+
 def _available_models(store, exp: Experiment, stored: set[str], *,
                       allow_incomplete: bool = False) -> tuple[tuple[str, ...], str | None]:
     """The models ``exp`` runs on, or ``((), reason)`` when it cannot run on this store."""
@@ -604,6 +625,13 @@ def run_track3(
             records.append(RunRecord(exp.name, exp.plan_ref, exp.group, task, s, "failed", f"{type(e).__name__}: {e}",
                                      models=models))
             say(f"FAILED track3_{folder_name}: {type(e).__name__}: {e}")
+            bar.update(1)
+            continue
+        leak = _encoder_split_problem(st, models, splits[s], seed=s)
+        if leak:  # an encoder trained on another split's training people: never probed here
+            records.append(RunRecord(exp.name, exp.plan_ref, exp.group, task, s, "skipped", leak,
+                                     folder=str(out / f"track3_{folder_name}"), models=models))
+            say(f"skip track3_{folder_name}: {leak}")
             bar.update(1)
             continue
         run_unit(exp, models, task, s, folder_name, f"{exp.name}_{slug}" if seeds > 1 else None, task, controls)

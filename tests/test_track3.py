@@ -336,3 +336,23 @@ def test_cli_track3_control_options_map_to_run_track3(tmp_path, monkeypatch):
     assert seen["within"] == "age" and seen["allow_incomplete"] is True and seen["permutations"] == 7
     res = call("--no-control", "--control", "name_gender", code=2)
     assert "not both" in res.output
+
+
+def test_a_supcon_encoder_is_never_probed_on_another_seeds_split(tmp_path):
+    """An encoder trained on seed 0's training people: seeds 1.. are skipped with the reason, not failed."""
+    from probes.splits import get_split
+
+    store = _store(tmp_path / "store")
+    trained_on = get_split(store, by="identity", seed=0)
+    X = np.random.default_rng(0).normal(size=(store.n, 8)).astype(np.float32)
+    import_embeddings(store, "supcon-resnet50", embeddings=X, ids=store.index.image_ids, view="embedding",
+                      spec={"training": {"split": {"name": trained_on.name, "hash": trained_on.hash}}})
+    out = tmp_path / "r"
+    report = _run(store, out, only=["supcon"], seed=1, seeds=2)
+    assert [(r.seed, r.status) for r in report.records] == [(1, "skipped"), (2, "skipped")]
+    reason = report.records[0].reason
+    assert f"trained on the training identities of split {trained_on.name}" in reason
+    assert "test leakage" in reason and "--train-encoder --seed 1" in reason
+    assert not list(out.glob("track3_supcon_*"))
+    status = (out / "track3_comparison.md").read_text().split(STATUS_HEADING)[1]
+    assert "skipped" in status and "test leakage" in status

@@ -42,6 +42,12 @@ LEAKAGE_WARNING = (
     "image-level split: the store has no identities, so the same person can be in train and "
     "test and accuracy can be inflated by identity leakage"
 )
+# `--by image` asked for on a store that knows who is who: say so, and name the honest split.
+CHOSEN_IMAGE_LEVEL_WARNING = (
+    "image-level split (--by image) although the store has identities: the same person can be in train and "
+    "test, so accuracy can be inflated by identity leakage; --by identity is the honest split (each person in "
+    "one of train, validation and test)"
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,7 +92,7 @@ class Split:
 def split_groups(store, by: str) -> tuple[np.ndarray | None, str | None, tuple[str, ...]]:
     """Groups (N,) for ``by``, their source name, and warnings; None groups = image level."""
     if by == "image":
-        return None, None, (LEAKAGE_WARNING,)
+        return None, None, (LEAKAGE_WARNING if store.index.identities is None else CHOSEN_IMAGE_LEVEL_WARNING,)
     if by == "identity":
         if store.index.identities is None:
             return None, None, (LEAKAGE_WARNING,)

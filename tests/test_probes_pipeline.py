@@ -74,6 +74,14 @@ def test_identity_split_is_disjoint_stratified_and_hashed(stores):
 def test_image_level_split_without_identities_warns(stores):
     split = make_split(stores["noid"], seed=0, save=False)
     assert split.identity_source is None and "leakage" in split.warnings[0]
+    assert "the store has no identities" in split.warnings[0]
+
+
+def test_asking_for_an_image_level_split_on_a_store_with_identities_names_the_honest_split(stores):
+    split = make_split(stores["planted"], by="image", seed=0, save=False)
+    (warning,) = split.warnings
+    assert "although the store has identities" in warning and "--by identity is the honest split" in warning
+    assert "has no identities" not in warning
 
 
 def test_name_tasks_and_load_xy(stores, tmp_path):

@@ -120,11 +120,25 @@ def _jsonable(o: Any) -> Any:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
+    # verbose: facestore's own lines (the device, precision and providers that actually ran). Not
+    # the root logger's: open_clip logs a dozen INFO lines per model load to it ("root: Parsing
+    # model identifier ..."), which buried ours.
+    logging.getLogger("facestore").setLevel(logging.INFO if verbose else logging.WARNING)
     # huggingface_hub logs through a handler of its own; propagating to ours too printed every
     # hub line twice.
     logging.getLogger("huggingface_hub").propagate = False
+
+
+def _disable_library_progress_bars() -> None:
+    """``--no-progress`` silences the libraries' bars too (transformers' "Loading weights" bar)."""
+    try:
+        import huggingface_hub.utils
+        import transformers.utils.logging
+    except ImportError:  # transformers is optional for builds of other families
+        return
+    huggingface_hub.utils.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -202,6 +216,8 @@ def build(data, store_path, models, weights, batch_size, device, workers, decode
     from facestore.distributed import context_from_env
 
     _setup_logging(verbose=True)
+    if no_progress:
+        _disable_library_progress_bars()
     options = {k: v for k, v in (("arcface_align", arcface_align), ("no_face", no_face)) if v is not None}
     # Scanned here so the dataset options reach the index; build_store takes the scanned dataset as is.
     dataset = scan_dataset(data, follow_symlinks=follow_symlinks)

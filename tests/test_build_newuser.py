@@ -170,3 +170,34 @@ def test_build_flags_reproduce_every_recorded_setting():
                         "pipeline": {"batch_size": 64, "decode": "draft", "device_type": "cuda"}}}
     assert _build_flags(arcface) == ["--batch-size 64", "--decode draft", "--device cuda", "--precision bf16",
                                      "--arcface-align center", "--weights DIR"]
+
+
+# ----------------------------------------------------------------------------- what a build prints
+
+
+def test_build_logs_facestore_lines_not_every_library_info_line():
+    import logging
+
+    from facestore.cli import _setup_logging
+
+    root, ours = logging.getLogger(), logging.getLogger("facestore")
+    saved = root.level, ours.level
+    try:
+        root.setLevel(logging.WARNING)
+        _setup_logging(verbose=True)
+        assert logging.getLogger("facestore.build").isEnabledFor(logging.INFO)  # device, precision, providers
+        assert not logging.getLogger("open_clip_logs_to_root").isEnabledFor(logging.INFO)
+        assert root.level == logging.WARNING
+    finally:
+        root.setLevel(saved[0])
+        ours.setLevel(saved[1])
+
+
+def test_no_progress_silences_the_transformers_loading_bar(chip_folder, tmp_path, monkeypatch):
+    import transformers.utils.logging as tlog
+
+    # As on a user's machine: the suite's HF_HUB_DISABLE_PROGRESS_BARS=1 keeps it off otherwise.
+    monkeypatch.setattr(tlog, "_tqdm_active", True)
+    run("build", "--data", chip_folder, "--store", tmp_path / "s", "--model", "pixels-32", "--workers", "0",
+        "--no-progress")
+    assert not tlog.is_progress_bar_enabled()

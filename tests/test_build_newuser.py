@@ -201,3 +201,19 @@ def test_no_progress_silences_the_transformers_loading_bar(chip_folder, tmp_path
     run("build", "--data", chip_folder, "--store", tmp_path / "s", "--model", "pixels-32", "--workers", "0",
         "--no-progress")
     assert not tlog.is_progress_bar_enabled()
+
+
+def test_a_locked_model_is_named_and_its_holder_pid_said_once(tmp_path):
+    import os
+    import re
+
+    from facestore.errors import StoreLockedError
+    from facestore.store.lock import StoreLock
+
+    path = tmp_path / "s" / ".locks" / "dinov2-small.lock"
+    with StoreLock(path, owner=f"facestore build (pid {os.getpid()})"):
+        with pytest.raises(StoreLockedError) as info:
+            StoreLock(path).acquire(wait_s=0)
+    msg = str(info.value)
+    assert msg.startswith(f"model 'dinov2-small' in {tmp_path / 's'} is being written by facestore build (pid "), msg
+    assert len(re.findall(rf"pid {os.getpid()}\b", msg)) == 1, msg

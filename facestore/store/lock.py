@@ -53,7 +53,15 @@ def _pid_alive(pid: int) -> bool:
 def describe_holder(rec: dict) -> str:
     """``"facestore build (pid 12 on host, since 2025-01-01 12:00:00)"`` from a lock record."""
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(rec.get("acquired", 0) or 0)))
-    return f"{rec.get('owner') or 'another process'} (pid {rec.get('pid')} on {rec.get('host')}, since {since})"
+    # Owners often name their pid already ("facestore build (pid 12)"): say it once.
+    owner = (rec.get("owner") or "another process").removesuffix(f" (pid {rec.get('pid')})")
+    return f"{owner} (pid {rec.get('pid')} on {rec.get('host')}, since {since})"
+
+
+def locked_member(lock_path: Path) -> str:
+    """What a lock file guards, for messages: ``"model 'dinov2-base' in S"``, ``"the index of S"``."""
+    store, key = lock_path.parent.parent, lock_path.name.removesuffix(".lock")
+    return {"index": f"the index of {store}", "create": str(store)}.get(key, f"model {key!r} in {store}")
 
 
 class StoreLock:
@@ -165,7 +173,7 @@ class StoreLock:
             if remaining <= 0:
                 waited = f" (waited {wait_s:.0f} s)" if wait_s > 0 else ""
                 raise StoreLockedError(
-                    f"{self.path.parent.parent} is being written by {describe_holder(holder)}{waited}. Wait for it "
+                    f"{locked_member(self.path)} is being written by {describe_holder(holder)}{waited}. Wait for it "
                     f"to finish; if that process is gone for good, delete {self.path}"
                 )
             if not announced:

@@ -430,7 +430,9 @@ def covariates(store_path, from_file, name_gender, threshold, replace) -> None:
     if name_gender:
         rep = add_name_gender(store, threshold=threshold)
         c = rep["names"]
-        click.echo(f"added name_gender ({rep['source']} {rep['version']}, threshold {rep['threshold']}): names f {c['f']}, "
+        # The lexicon's source names its version already ("nomquamgender 0.1.4 (...)"): say it once.
+        source = rep["source"] if str(rep["version"]) in str(rep["source"]) else f"{rep['source']} {rep['version']}"
+        click.echo(f"added name_gender ({source}, threshold {rep['threshold']}): names f {c['f']}, "
                    f"m {c['m']}, unknown {c['unknown']}")
         if rep["unknown"]:
             shown = ", ".join(rep["unknown"][:20])

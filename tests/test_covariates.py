@@ -90,6 +90,10 @@ def test_name_gender_from_the_lexicon_with_its_attrs_and_through_append(tmp_path
     res = runner.invoke(main, ["covariates", str(store), "--name-gender"])
     assert res.exit_code == 0, res.output
     assert "names f 1, m 1, unknown 1" in res.stdout and "unknown (not in the lexicon, or too ambiguous): Xqzvt" in res.stdout
+    # the lexicon's version, printed once (it was "nomquamgender 0.1.4 (...) 0.1.4")
+    from importlib.metadata import version
+
+    assert res.stdout.count(version("nomquamgender")) == 1, res.stdout
     st = open_store(store)
     cov = st.index.covariates
     by_name = dict(zip(st.index.row_names.tolist(), cov["name_gender"].tolist()))

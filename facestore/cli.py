@@ -21,6 +21,7 @@ as a traceback, with one exit code per class of error (documented in docs/faq.md
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -85,6 +86,10 @@ def _os_error_message(e: OSError) -> str:
     except Exception:  # no passwd entry (containers): the uid still says who
         user = "?"
     where = f" {e.filename}" if e.filename else ""
+    if e.errno == errno.EROFS:
+        return (f"read-only file system:{where}; this command writes to the store (info, verify without "
+                "--repair, export and the probes only read it): copy the store to a writable place, or mount it "
+                "read-write")
     if isinstance(e, PermissionError):
         return (f"permission denied:{where} (running as user {user}, uid {os.getuid()}); ask its owner for access, "
                 "or work on a copy you own")

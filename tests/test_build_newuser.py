@@ -217,3 +217,14 @@ def test_a_locked_model_is_named_and_its_holder_pid_said_once(tmp_path):
     msg = str(info.value)
     assert msg.startswith(f"model 'dinov2-small' in {tmp_path / 's'} is being written by facestore build (pid "), msg
     assert len(re.findall(rf"pid {os.getpid()}\b", msg)) == 1, msg
+
+
+def test_a_read_only_store_says_so_and_what_still_works():
+    import errno
+
+    from facestore.cli import _os_error_message
+
+    e = OSError(errno.EROFS, "Read-only file system", "/mnt/ro/s/.locks/.index.lock.0a1b.tmp")
+    assert exit_code(e) == 5
+    msg = _os_error_message(e)
+    assert msg.startswith("read-only file system: /mnt/ro/s/.locks/") and "copy the store to a writable place" in msg

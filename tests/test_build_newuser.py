@@ -61,7 +61,13 @@ def test_text_tower_and_template_errors_are_usage_errors():
 
 
 def test_a_transformers_folder_given_to_resnet50_says_what_it_holds(tmp_path):
-    dino = make_weights("dinov2-small", tmp_path)  # config.json + model.safetensors, like a timm folder
+    import json
+
+    # What save_pretrained writes for DINOv2: config.json + model.safetensors, the names of a timm folder.
+    dino = tmp_path / "dinov2-small"
+    dino.mkdir()
+    (dino / "config.json").write_text(json.dumps({"architectures": ["Dinov2Model"], "model_type": "dinov2"}))
+    (dino / "model.safetensors").write_bytes(b"\0" * 16)
     with pytest.raises(errors.ModelConfigError, match=r"transformers 'dinov2' checkpoint.*timm 'resnet50'"):
         load_encoder("resnet50", weights=str(dino), device="cpu")
 

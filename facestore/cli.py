@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from typing import Any
 
 import click
@@ -100,6 +101,10 @@ class _Group(click.Group):
     """A click group that turns user errors into a one-line message and an exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        # Warnings (an old store format, library versions that differ from the first build) are
+        # messages for the user: one line each, not Python's "file:line: RuntimeWarning" plus the
+        # source line. Only the formatting changes; filters and recording (pytest) are untouched.
+        saved, warnings.formatwarning = warnings.formatwarning, _format_warning
         try:
             return super().invoke(ctx)
         except FacestoreError as e:
@@ -108,6 +113,13 @@ class _Group(click.Group):
         except OSError as e:  # permissions, a full disk, I/O errors: the path and the user, not a traceback
             click.echo(f"Error: {_os_error_message(e)}", err=True)
             ctx.exit(EXIT_OS)
+        finally:
+            warnings.formatwarning = saved
+
+
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:
+    return f"Warning: {message}\n"
 
 
 def _json(obj: Any) -> str:

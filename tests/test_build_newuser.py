@@ -234,3 +234,17 @@ def test_a_read_only_store_says_so_and_what_still_works():
     assert exit_code(e) == 5
     msg = _os_error_message(e)
     assert msg.startswith("read-only file system: /mnt/ro/s/.locks/") and "copy the store to a writable place" in msg
+
+
+def test_warnings_print_as_one_line_each(chip_folder, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.test_integrity import _make_format1_store
+
+    _make_format1_store(tmp_path / "old", chip_folder)
+    res = subprocess.run([sys.executable, "-W", "default", "-m", "facestore", "info", str(tmp_path / "old")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.startswith(f"Warning: {tmp_path / 'old'} uses store format 1.0.0"), res.stderr
+    assert "RuntimeWarning" not in res.stderr and "open_store(" not in res.stderr  # no file:line, no source line

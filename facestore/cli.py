@@ -113,6 +113,12 @@ class _Group(click.Group):
         except OSError as e:  # permissions, a full disk, I/O errors: the path and the user, not a traceback
             click.echo(f"Error: {_os_error_message(e)}", err=True)
             ctx.exit(EXIT_OS)
+        except KeyboardInterrupt:  # Ctrl-C: click would print only "Aborted!"
+            resumable = ctx.invoked_subcommand in ("build", "import", "index", "upgrade", "text")
+            click.echo("\nError: interrupted" + ("; everything committed so far is kept: run the same command again "
+                                                  "to resume (`facestore info STORE` shows what is done)"
+                                                  if resumable else ""), err=True)
+            ctx.exit(EXIT_PROBLEMS)
         finally:
             warnings.formatwarning = saved
 

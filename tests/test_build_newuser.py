@@ -248,3 +248,15 @@ def test_warnings_print_as_one_line_each(chip_folder, tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stderr.startswith(f"Warning: {tmp_path / 'old'} uses store format 1.0.0"), res.stderr
     assert "RuntimeWarning" not in res.stderr and "open_store(" not in res.stderr  # no file:line, no source line
+
+
+def test_ctrl_c_says_how_to_resume(chip_folder, tmp_path, monkeypatch):
+    import facestore.build
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(facestore.build, "build_store", interrupted)
+    res = run("build", "--data", chip_folder, "--store", tmp_path / "s", "--model", "pixels-32", "--no-progress",
+              code=1)
+    assert "Error: interrupted; everything committed so far is kept: run the same command again" in res.output

@@ -110,6 +110,9 @@ class _Group(click.Group):
         except FacestoreError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(exit_code(e))
+        except BrokenPipeError:  # `facestore models | head`: the reader has all it wanted; say nothing
+            _silence_stdout()
+            ctx.exit(EXIT_PROBLEMS)
         except OSError as e:  # permissions, a full disk, I/O errors: the path and the user, not a traceback
             click.echo(f"Error: {_os_error_message(e)}", err=True)
             ctx.exit(EXIT_OS)
@@ -121,6 +124,15 @@ class _Group(click.Group):
             ctx.exit(EXIT_PROBLEMS)
         finally:
             warnings.formatwarning = saved
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush does not hit the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (click's test runner)
+        pass
 
 
 def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

@@ -260,3 +260,23 @@ def test_ctrl_c_says_how_to_resume(chip_folder, tmp_path, monkeypatch):
     res = run("build", "--data", chip_folder, "--store", tmp_path / "s", "--model", "pixels-32", "--no-progress",
               code=1)
     assert "Error: interrupted; everything committed so far is kept: run the same command again" in res.output
+
+
+def test_a_closed_pipe_ends_quietly(monkeypatch):
+    import facestore.models
+
+    def closed(*a, **k):
+        raise BrokenPipeError(32, "Broken pipe")  # `facestore models | head -1`
+
+    monkeypatch.setattr(facestore.models, "list_models", closed)
+    res = run("models", code=1)
+    assert "Error" not in res.output
+
+
+def test_a_closed_pipe_in_a_real_shell_pipeline_prints_nothing():
+    import subprocess
+    import sys
+
+    res = subprocess.run(f"{sys.executable} -m facestore models | head -1", shell=True, capture_output=True,
+                         text=True, timeout=60)
+    assert res.stdout.startswith("arcface-r50") and "Broken pipe" not in res.stderr, res.stderr

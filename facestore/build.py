@@ -459,8 +459,8 @@ def _open_or_create(store: Any, *, create: bool, wait_s: float = 60.0) -> Any:
         return store
     try:
         return open_store(Path(store), mode="a", create=create, wait_s=wait_s)
-    except StoreExistsError as e:
-        raise BuildError(f"{e}; pass a new directory or an existing store to --store") from None
+    except StoreExistsError as e:  # a usage error (exit 2), said once; "--store" is the option to change
+        raise StoreExistsError(f"{e} to --store") from None
 
 
 def _poll(condition: Callable[[], bool], *, timeout_s: float, interval_s: float = 0.05) -> bool:

@@ -280,3 +280,10 @@ def test_a_closed_pipe_in_a_real_shell_pipeline_prints_nothing():
     res = subprocess.run(f"{sys.executable} -m facestore models | head -1", shell=True, capture_output=True,
                          text=True, timeout=60)
     assert res.stdout.startswith("arcface-r50") and "Broken pipe" not in res.stderr, res.stderr
+
+
+def test_a_store_path_that_holds_other_files_is_a_usage_error_said_once(chip_folder, tmp_path):
+    res = run("build", "--data", chip_folder, "--store", chip_folder, "--model", "pixels-32", "--no-progress",
+              code=2)
+    assert res.output.count("pass a new directory or an existing store") == 1, res.output
+    assert "to --store" in res.output

@@ -354,7 +354,8 @@ def info(store_path: str, as_json: bool) -> None:
     """Describe a store: images, names, models with their status counts and failed images, covariates."""
     from facestore.store.store import open_store
 
-    data = open_store(store_path, mode="r").info()
+    store = open_store(store_path, mode="r")
+    data = store.info()
     if as_json:
         click.echo(_json(data))
         return
@@ -366,8 +367,8 @@ def info(store_path: str, as_json: bool) -> None:
     for m, s in data["models"].items():
         status = ", ".join(f"{k} {v}" for k, v in s["status"].items())
         views = ", ".join(f"{v} {d}" for v, d in s["views"].items())
-        again = "the same import command" if s["kind"] == "imported" else "the same build command"
-        state = "complete" if s["complete"] else f"INCOMPLETE (resume with {again})"
+        # The exact command, with the recorded settings a resume must repeat (others are refused).
+        state = "complete" if s["complete"] else f"INCOMPLETE: finish it with {store.fix_command(m)}"
         click.echo(f"  {m} [{s['kind']}]: {views}; {s['dtype']}; {status}; {state}")
         shown = s["failures"][:_FAILURES_SHOWN]
         for f in shown:

@@ -156,6 +156,7 @@ def test_the_printed_resume_command_carries_the_recorded_settings_and_resumes(ch
     assert not s.is_complete("pixels-32")
     command = s.fix_command("pixels-32")
     assert "--chunk-rows 4 --dtype float32" in command and "--batch-size" not in command
+    assert f"INCOMPLETE: finish it with {command}" in run("info", store).output
     args = shlex.split(command.strip("`").split("`")[0])[1:]  # drop "facestore" and " (it resumes)"
     res = run(*args, "--workers", "0", "--no-progress")  # with the defaults it was refused: chunk_rows 4 -> 8192
     assert "8 rows written" in res.output

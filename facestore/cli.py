@@ -62,8 +62,9 @@ _EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], int], ...] = (
     ((StoreCorruptError, NonFiniteError, StoreFormatError), EXIT_DAMAGED),
     ((StoreLockedError,), EXIT_LOCKED),
     ((WeightsUnreadableError,), EXIT_OS),  # permission denied, as for any other file
-    ((BuildUsageError, ModelNotFoundError, ModelConfigError, DatasetError, DatasetChangedError, SpecMismatchError, StoreNotFoundError,
-      StoreExistsError, TemplateError, ViewNotFoundError, WeightsNotFoundError, DeviceError), EXIT_USAGE),
+    ((BuildUsageError, ModelNotFoundError, ModelConfigError, DatasetError, DatasetChangedError, SpecMismatchError,
+      StoreNotFoundError, StoreExistsError, TemplateError, ViewNotFoundError, WeightsNotFoundError, DeviceError),
+     EXIT_USAGE),
     ((BuildError, IncompleteModelError, StoreError), EXIT_PROBLEMS),
 )
 
@@ -166,14 +167,18 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _disable_library_progress_bars() -> None:
-    """``--no-progress`` silences the libraries' bars too (transformers' "Loading weights" bar)."""
+    """``--no-progress`` silences the libraries' bars too (transformers' "Loading weights" bar).
+
+    transformers reads huggingface_hub's switch when it is imported, so it need not be imported
+    here (seconds, for a build of weight-free models); only an already imported one is told.
+    """
     try:
         import huggingface_hub.utils
-        import transformers.utils.logging
-    except ImportError:  # transformers is optional for builds of other families
+    except ImportError:
         return
     huggingface_hub.utils.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
+    if "transformers.utils.logging" in sys.modules:
+        sys.modules["transformers.utils.logging"].disable_progress_bar()
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -166,7 +166,7 @@ def test_arcface_options_reach_the_encoder_and_are_part_of_the_spec(small_chips:
     res = run("build", *common, code=2)  # default: detect, a different preprocessing
     assert "options.arcface_align: 'center' -> 'detect'" in res.stderr
     res = run("build", "--data", small_chips, "--store", tmp_path / "p", "--model", "pixels-32",
-              "--arcface-align", "center", code=1)
+              "--arcface-align", "center", code=2)
     assert "applies to none of the models" in res.stderr
 
 

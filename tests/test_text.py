@@ -61,7 +61,7 @@ def test_models_without_a_text_tower_and_bad_templates_are_refused(store: Path, 
     with pytest.raises(TextTowerError, match="clip-vit-b-32, siglip-base"):
         build_text_embeddings(store, "dinov2-small")
     result = CliRunner().invoke(main, ["text", str(store), "--model", "resnet50"])
-    assert result.exit_code == 1 and result.stderr.startswith("Error: model 'resnet50' has no text tower")
+    assert result.exit_code == 2 and result.stderr.startswith("Error: model 'resnet50' has no text tower")
     with pytest.raises(TemplateError, match="exactly one"):
         check_templates(["a photo of {} and {}"])
     with pytest.raises(TemplateError, match="duplicate"):

@@ -570,7 +570,7 @@ def doctor(as_json: bool) -> None:
 @click.argument("directory", default="facestore-demo", type=click.Path(file_okay=False))
 @click.option("--quick", is_flag=True, help="a smaller dataset and fewer bootstrap draws (about a minute)")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--no-progress", is_flag=True, help="no progress bars")
+@click.option("--no-progress", is_flag=True, help="no progress bars (they show only on a terminal anyway)")
 def demo(directory: str, quick: bool, device: str, no_progress: bool) -> None:
     """Make a synthetic face-chip dataset in DIRECTORY, build a store, run the Track 3 probes and write the HTML report."""
     # The demo runs both packages, so it lives in probes (the upper layer) and is resolved here, at
@@ -583,4 +583,5 @@ def demo(directory: str, quick: bool, device: str, no_progress: bool) -> None:
             "install the whole distribution (pip install -e .) or run `probes demo`"
         ) from e
 
-    run_demo(directory, quick=quick, device=device, progress=not no_progress, echo=click.echo)
+    # Bars only on a terminal: in a log or a pipe they are carriage-return noise.
+    run_demo(directory, quick=quick, device=device, progress=not no_progress and sys.stderr.isatty(), echo=click.echo)

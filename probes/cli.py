@@ -221,12 +221,12 @@ def report_cmd(results_dir, out, store_path):
 @click.argument("directory", default="facestore-demo", type=click.Path(file_okay=False))
 @click.option("--quick", is_flag=True, help="A smaller dataset and fewer bootstrap draws (about a minute).")
 @click.option("--device", default="auto", show_default=True, help="cpu | cuda | cuda:N | auto")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--no-progress", is_flag=True, help="No progress bars (they show only on a terminal anyway).")
 def demo_cmd(directory, quick, device, no_progress):
     """Make a synthetic face-chip dataset in DIRECTORY, build a store, run the Track 3 probes and write the HTML report."""
     from probes.demo import run_demo
 
-    run_demo(directory, quick=quick, device=device, progress=not no_progress, echo=click.echo)
+    run_demo(directory, quick=quick, device=device, progress=not no_progress and sys.stderr.isatty(), echo=click.echo)
 
 
 for _command in COMMANDS:

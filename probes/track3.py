@@ -803,7 +803,8 @@ def track3_command(ctx, store_path, out, names, seeds, seed, only, device, n_boo
     given = ctx.get_parameter_source("permutations") not in (click.core.ParameterSource.DEFAULT, None)
     report = run_track3(store_path, out, names=names.split(","), seeds=seeds, seed=seed, only=only_list,
                         device=device, n_boot=n_boot, force=force, plots=not no_plots,
-                        progress=not no_progress, echo=lambda line: click.echo(line, err=True), by=split_by,
+                        progress=not no_progress and sys.stderr.isatty(), echo=lambda line: click.echo(line, err=True),
+                        by=split_by,
                         permutations=permutations, null_repeats=null_repeats, reference=reference,
                         correction=correction, controls=() if no_control else (control_list or None),
                         control_permutations=control_permutations(permutations if given else None), within=within,

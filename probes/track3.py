@@ -26,6 +26,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass

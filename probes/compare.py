@@ -130,6 +130,8 @@ def _controls(summary: dict, experiment: str, task_key: str) -> list[dict]:
     for cov, c in (summary.get("controls") or {}).items():
         o, f, b = c.get("oracle") or {}, c.get("from_face") or {}, c.get("beyond") or {}
         n = b.get("n_permutations")
+        # A sequential (Besag-Clifford) run may stop before the planned N: the floor is N's.
+        planned = b.get("n_permutations_planned", n)
         out.append({
             "experiment": experiment, "task_key": task_key, "covariate": cov,
             "balanced_accuracy": b.get("balanced_accuracy"),
@@ -148,7 +150,9 @@ def _controls(summary: dict, experiment: str, task_key: str) -> list[dict]:
             "beyond_null_hi": (b.get("null_ci") or [None, None])[1],
             "beyond_p": b.get("p_value"),
             "n_permutations": n,
-            "min_attainable_p": None if not n else 1.0 / (n + 1),
+            "n_permutations_planned": planned,
+            "stopped_early": bool(b.get("stopped_early", False)),
+            "min_attainable_p": None if not planned else 1.0 / (planned + 1),
             "refits": c.get("refits"),
             "missing_images": (c.get("missing") or {}).get("n_images"),
             "seconds": c.get("seconds"),

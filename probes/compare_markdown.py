@@ -230,7 +230,9 @@ def _beyond_covariate(data) -> list[str]:
             r["experiment"], _f(r["task_key"]), r["covariate"], _f(r["balanced_accuracy"]),
             _ci(r["oracle_balanced_accuracy"], r["oracle_lo"], r["oracle_hi"]),
             _ci(r["from_face_balanced_accuracy"], r["from_face_lo"], r["from_face_hi"]),
-            _f(r["covariate_from_face"]), _f(r["beyond_null_mean"]), _f(r["n_permutations"]),
+            _f(r["covariate_from_face"]), _f(r["beyond_null_mean"]),
+            (f"{r['n_permutations']} of {r['n_permutations_planned']} (stopped early)" if r.get("stopped_early")
+             else _f(r["n_permutations"])),
             f"{_p(r['beyond_p'])} / {_p(r['beyond_p_adj'])}", r["verdict"],
         ])
     return ["## Beyond the covariate", "",
@@ -239,7 +241,9 @@ def _beyond_covariate(data) -> list[str]:
             "**from the face** predicts the covariate with the same probe family, then guesses among the predicted "
             "value's names. The verdict tests the probe's balanced accuracy against a **within-stratum permutation "
             "null** (training names shuffled among identities of the same value, whole fit repeated), one-sided at "
-            f"{level} after the correction above; p is never below 1 / (permutations + 1).", ""] + \
+            f"{level} after the correction above; p is never below 1 / (planned permutations + 1). A clearly null "
+            "run stops early once 10 null scores reach the observed one (Besag-Clifford sequential test: a valid p = 10 / "
+            "permutations run; with at most 99 planned it is above 0.1, the verdict all of them would give).", ""] + \
         _table(["experiment", "task", "covariate", "balanced acc.", "oracle [95% CI]", "from the face [95% CI]",
                 "covariate from the face", "within-stratum null mean", "permutations", "p raw / adj.", "verdict"],
                body) + [""]

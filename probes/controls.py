@@ -78,6 +78,11 @@ __all__ = [
 _log = logging.getLogger(__name__)
 TRAIN, VAL, TEST = 0, 1, 2
 DEFAULT_PERMUTATIONS = 99  # p can reach 1/100 = 0.01
+# Besag & Clifford's (1991) sequential Monte Carlo test: stop once this many null scores reach
+# the observed one. p = h / L is then a valid p-value; with N <= 99 planned it is at least 10/98 >
+# 0.1, so stopping never changes a verdict at alpha <= 0.1, and it saves most of the refits of a
+# clearly null result.
+DEFAULT_STOP_AFTER = 10
 DEFAULT_MIN_NAMES = 2
 DEFAULT_MIN_IDENTITIES = 4
 
@@ -472,7 +477,7 @@ def shuffle_names_within_strata(names, *, groups, strata, rng: np.random.Generat
 
 def beyond_covariate(factory, *, X, names, covariate, subset, groups=None, classes=None,
                      n_permutations: int = DEFAULT_PERMUTATIONS, alpha: float = 0.05, seed: int = 0,
-                     observed: float | None = None, n_boot: int = 1000,
+                     observed: float | None = None, n_boot: int = 1000, stop_after: int | None = DEFAULT_STOP_AFTER,
                      log: Callable[[str], None] | None = None) -> dict:
     """The probe's test balanced accuracy against the within-stratum permutation null.
 
@@ -485,9 +490,19 @@ def beyond_covariate(factory, *, X, names, covariate, subset, groups=None, class
     p = (1 + #{null >= observed}) / (1 + N); ``significant`` is p < ``alpha``. With N < 99 p
     cannot reach 0.01 (and with N < 1/alpha - 1 it cannot reach alpha: ``warning`` says so).
     Runs are sequential; ``log`` (default the module logger) gets one line per permutation.
+
+    ``stop_after`` (h, default 10; None runs all N): Besag & Clifford's sequential test. Once h
+    null scores are >= the observed one after L < N permutations, the run stops with the valid
+    p-value h / L (Besag & Clifford 1991, Biometrika 78:301). That p is >= h / N, above 0.1 for
+    h = 10 and N <= 99, so a result that stops early would not have been significant after all N
+    either: the verdict is the same, most refits of a clearly null result are saved. The null
+    drawn is then the first L of the N the full run would draw (same seed). ``n_permutations``
+    is the number run, ``n_permutations_planned`` N, ``stopped_early`` says which.
     """
     if int(n_permutations) < 1:
         raise ProbeConfigError(f"n_permutations must be >= 1 (99 lets p reach 0.01), got {n_permutations}")
+    if stop_after is not None and int(stop_after) < 1:
+        raise ProbeConfigError(f"stop_after must be >= 1 or None (run every permutation), got {stop_after}")
     r = _rows(names, covariate, groups, subset, classes)
     X = _as_X(X, r.names.size)
     say = log or _log.info
@@ -515,19 +530,29 @@ def beyond_covariate(factory, *, X, names, covariate, subset, groups=None, class
     say(f"beyond covariate: observed test balanced accuracy {observed:.4f}; {n_permutations} within-stratum "
         f"permutations over {int(np.unique(fit_groups).size)} training identities in {n_strata} strata")
     rng = np.random.default_rng(seed)
-    null = np.empty(int(n_permutations))
+    planned = int(n_permutations)
+    null = np.empty(planned)
     t_null = time.perf_counter()
-    for i in range(int(n_permutations)):
+    at_or_above, stopped = 0, False
+    for i in range(planned):
         shuffled = names_u.copy()
         shuffled[fit_u] = shuffle_names_within_strata(names_u[fit_u], groups=fit_groups,
                                                      strata=strata[used][fit_u], rng=rng)
         pred = _fit_predict(factory, r.classes, Xu, shuffled, sub_u)
         null[i] = balanced_accuracy(y_test, pred)
+        at_or_above += int(null[i] >= observed)
         elapsed = time.perf_counter() - t_null
-        left = elapsed / (i + 1) * (n_permutations - i - 1)
-        say(f"permutation {i + 1}/{n_permutations}: balanced accuracy {null[i]:.4f} "
+        left = elapsed / (i + 1) * (planned - i - 1)
+        say(f"permutation {i + 1}/{planned}: balanced accuracy {null[i]:.4f} "
             f"(observed {observed:.4f}); {elapsed:.1f} s, about {left:.0f} s left")
-    p = stats.permutation_p_value(observed, null)
+        if stop_after is not None and at_or_above >= int(stop_after) and i + 1 < planned:
+            stopped = True
+            null = null[: i + 1]
+            say(f"beyond covariate: stopped after {i + 1} of {planned} permutations: {at_or_above} null scores "
+                f"reach the observed one (Besag-Clifford; p = {at_or_above}/{i + 1}, not significant either way)")
+            break
+    p = at_or_above / null.size if stopped else stats.permutation_p_value(observed, null)
+    n_permutations = null.size
     out = {
         "balanced_accuracy": observed,
         "ci": ci,
@@ -539,7 +564,12 @@ def beyond_covariate(factory, *, X, names, covariate, subset, groups=None, class
         "significant": bool(p < alpha),
         "alpha": alpha,
         "n_permutations": int(n_permutations),
-        "min_p_value": 1.0 / (int(n_permutations) + 1),
+        "n_permutations_planned": planned,
+        "stopped_early": stopped,
+        "stop_after": None if stop_after is None else int(stop_after),
+        "p_value_method": ("Besag-Clifford sequential: h / L at the h-th null score >= observed" if stopped else
+                           "(1 + #null >= observed) / (1 + N)"),
+        "min_p_value": 1.0 / (planned + 1),
         "null": null.tolist(),
         "null_method": "names shuffled across training identities within each covariate value; "
                        "fit and selection repeated; scored on the true test names",
@@ -548,7 +578,7 @@ def beyond_covariate(factory, *, X, names, covariate, subset, groups=None, class
         "seconds": time.perf_counter() - t0,
     }
     if out["min_p_value"] >= alpha:
-        out["warning"] = (f"{n_permutations} permutations cannot give p < {alpha} (smallest p is "
+        out["warning"] = (f"{planned} permutations cannot give p < {alpha} (smallest p is "
                           f"{out['min_p_value']:.3f}); use at least {int(np.ceil(1 / alpha))}")
     say(f"beyond covariate: p = {p:.4f} (null mean {out['null_mean']:.4f}), {out['seconds']:.1f} s")
     return out

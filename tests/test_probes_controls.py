@@ -123,10 +123,21 @@ def test_gender_only_names_beat_chance_but_not_the_within_gender_null(gender_onl
     # ... but no better than the probes fitted on names shuffled within gender.
     assert not b["significant"] and b["p_value"] > 0.3
     assert b["null_mean"] == pytest.approx(0.25, abs=0.04)
-    assert b["n_permutations"] == PERMUTATIONS and len(b["null"]) == PERMUTATIONS and b["n_strata"] == 2
-    assert b["p_value"] == (1 + sum(v >= b["balanced_accuracy"] for v in b["null"])) / (1 + PERMUTATIONS)
-    assert "warning" not in b and b["seconds"] > 0
+    assert b["n_strata"] == 2 and "warning" not in b and b["seconds"] > 0
+    # Clearly null: the sequential test stopped at the 10th null score reaching the observed one,
+    # with Besag-Clifford's p = 10 / L.
+    L = b["n_permutations"]
+    assert b["stopped_early"] and b["n_permutations_planned"] == PERMUTATIONS and L < PERMUTATIONS
+    assert len(b["null"]) == L and b["null"][-1] >= b["balanced_accuracy"]
+    assert sum(v >= b["balanced_accuracy"] for v in b["null"]) == 10 and b["p_value"] == 10 / L
     json.dumps(b)
+    # Every permutation (stop_after=None): the same draws continue, the classical p, the same verdict.
+    full = controls.beyond_covariate(lda_factory, **arrays(gender_only), n_permutations=PERMUTATIONS, n_boot=200,
+                                     stop_after=None, log=quiet)
+    assert not full["stopped_early"] and full["n_permutations"] == PERMUTATIONS == len(full["null"])
+    assert full["null"][:L] == b["null"]
+    assert full["p_value"] == (1 + sum(v >= full["balanced_accuracy"] for v in full["null"])) / (1 + PERMUTATIONS)
+    assert full["significant"] == b["significant"] is False
 
 
 def test_gender_only_within_gender_tasks_sit_at_chance(gender_only):

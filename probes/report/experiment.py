@@ -425,7 +425,11 @@ def _controls(summary: dict) -> str:
         ]
         sig = b.get("significant")
         verdict = (f'<p class="{"sig" if sig else "ns"}">Beyond {esc(cov)}: p = {esc(fmt_p(b.get("p_value")))} '
-                   f"over {esc(fmt(b.get('n_permutations')))} within-stratum permutations (smallest possible "
+                   f"over {esc(fmt(b.get('n_permutations')))} within-stratum permutations"
+                   + (f" (of {esc(fmt(b.get('n_permutations_planned')))} planned: stopped early, Besag-Clifford, once "
+                      f"{esc(fmt(b.get('stop_after')))} null scores reached the observed one)" if b.get("stopped_early")
+                      else "")
+                   + " (smallest possible "
                    f"{esc(fmt_p(b.get('min_p_value')))}), {'significant' if sig else 'not significant'} at "
                    f"{esc(fmt(b.get('alpha')))} before the comparison's correction.</p>")
         refits = f'<p class="note">Null refits: {prose(c.get("refits") or "not recorded")}.</p>'

@@ -310,25 +310,10 @@ def _available_models(store, exp: Experiment, stored: set[str], *,
         return (), (f"model {exp.models[0]} in the store has no view {exp.view!r} (it has {', '.join(views)}); "
                     "an imported group must use the registry's view names")
     if exp.family == "zeroshot" and exp.template_set not in store.text_template_sets(exp.models[0]):
-        return (), _no_text_reason(exp.models[0], exp.template_set)
+        from probes.zeroshot import no_text_reason
+
+        return (), no_text_reason(exp.models[0], exp.template_set)
     return present, None
-
-
-def _no_text_reason(model: str, template_set: str) -> str:
-    """Why a zero-shot experiment cannot run; suggests ``facestore text`` only for text models."""
-    from facestore.models.registry import get_spec
-
-    try:
-        has_text = bool(get_spec(model).text)
-    except LookupError:  # ModelNotFoundError: an imported group with its own name
-        has_text = None
-    if has_text:
-        return f"no text embeddings {template_set!r} for {model}; add them with: facestore text STORE --model {model}"
-    if has_text is None:
-        return (f"no text embeddings {template_set!r} for {model}, and {model} is not a registry model, so "
-                "`facestore text` cannot make them; zero-shot needs a model with a text tower")
-    return (f"{model} has no text tower (registry spec text=False): zero-shot cannot run on it; "
-            "it needs an image-text model such as clip-vit-b-32 or siglip-base")
 
 
 def resolve_split_by(store, by: str) -> str:

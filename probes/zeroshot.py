@@ -280,6 +280,28 @@ def experiment_name(config: ZeroShotConfig) -> str:
     return f"{config.model}_zeroshot_{config.template_set}-{config.template}{tag}_{task_slug(config.names)}"
 
 
+def _has_text_tower(model: str) -> bool | None:
+    """Whether the registry model has a text tower (None: not a registry name, e.g. an imported group)."""
+    from facestore.models.registry import get_spec
+
+    try:
+        return bool(get_spec(model).text)
+    except LookupError:  # ModelNotFoundError: an imported group with its own name
+        return None
+
+
+def no_text_reason(model: str, template_set: str) -> str:
+    """Why a zero-shot experiment cannot run; suggests ``facestore text`` only for text models."""
+    has_text = _has_text_tower(model)
+    if has_text:
+        return f"no text embeddings {template_set!r} for {model}; add them with: facestore text STORE --model {model}"
+    if has_text is None:
+        return (f"no text embeddings {template_set!r} for {model}, and {model} is not a registry model, so "
+                "`facestore text` cannot make them; zero-shot needs a model with a text tower")
+    return (f"{model} has no text tower (registry spec text=False): zero-shot cannot run on it; "
+            "it needs an image-text model such as clip-vit-b-32 or siglip-base")
+
+
 def run_zeroshot(store, *, config: ZeroShotConfig, split, out, experiment: str | None = None,
             seed_group: str | None = None) -> dict:
     """Experiment 3.5: zero-shot names from stored text embeddings, evaluated on the test rows once.
@@ -302,7 +324,15 @@ def run_zeroshot(store, *, config: ZeroShotConfig, split, out, experiment: str |
     task = resolve_names(store, config.names, min_images=config.min_images)
     kw = dict(view=config.view, split=split, names=task, allow_incomplete=config.allow_incomplete)
     tr, va, te = (load_xy(store, config.model, subset=s, **kw) for s in ("train", "val", "test"))
-    text = _task_text(store.text_embeddings(config.model, config.template_set), task.names)
+    try:
+        stored_text = store.text_embeddings(config.model, config.template_set)
+    except LookupError as e:
+        # The store's own hint is `facestore text --model M`, which fails for a model without a
+        # text tower (pixels-32, an imported group): say what zero-shot needs instead.
+        if _has_text_tower(config.model):
+            raise
+        raise type(e)(no_text_reason(config.model, config.template_set)) from None
+    text = _task_text(stored_text, task.names)
     template = int(config.template) if str(config.template).isdigit() else config.template
     clf = ZeroShotClassifier(template, prior_correction=config.prior_correction).fit(text, va.X, va.y)
     scores = clf.decision_function(te.X)

@@ -138,4 +138,20 @@ def test_cli_zeroshot_on_a_store_with_text_embeddings(tmp_path):
     assert set(summary["extra"]["per_template_val_balanced_accuracy"]) == {"ensemble", "a {}", "b {}"}
     missing = CliRunner().invoke(main, ["zeroshot", "--store", str(tmp_path / "s.zarr"), "--model", "toy",
                                         "--template-set", "name-tailored", "--out", str(tmp_path / "r")])
-    assert missing.exit_code != 0 and "facestore text" in missing.output
+    assert missing.exit_code != 0 and "facestore text` cannot make them" in missing.output
+
+
+def test_cli_zeroshot_on_a_model_without_text_tower_says_what_it_needs(tmp_path):
+    """The store's own hint (`facestore text --model pixels-32`) fails for a model without a text
+    tower: the error names the models zero-shot needs instead (exit 2, as in docs/faq.md)."""
+    from click.testing import CliRunner
+
+    from probes.cli import main
+    from tests.synthetic import planted_store
+
+    planted_store(tmp_path / "s.zarr", n_names=4, dim=8, models=("pixels-32",))
+    res = CliRunner().invoke(main, ["zeroshot", "--store", str(tmp_path / "s.zarr"), "--model", "pixels-32",
+                                    "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2, res.output
+    assert "pixels-32 has no text tower" in res.output and "clip-vit-b-32 or siglip-base" in res.output
+    assert "facestore text" not in res.output

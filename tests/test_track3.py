@@ -232,7 +232,7 @@ def test_a_store_without_identities_needs_pseudo_identities_or_an_explicit_image
 
 
 def test_zero_shot_hint_suggests_facestore_text_only_for_text_models():
-    from probes.track3 import _no_text_reason
+    from probes.zeroshot import no_text_reason as _no_text_reason
 
     assert "facestore text STORE --model clip-vit-b-32" in _no_text_reason("clip-vit-b-32", "plan")
     no_tower = _no_text_reason("dinov2-base", "plan")

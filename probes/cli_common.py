@@ -23,6 +23,9 @@ one line (``Error: ...``), never a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import time
 from typing import Any
 
 import click
@@ -85,7 +88,42 @@ class ProbeCommand(click.Command):
         super().__init__(*args, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:
-        return _handled(super().invoke, ctx)
+        with _progress_on_stderr():
+            return _handled(super().invoke, ctx)
+
+
+class _ProgressHandler(logging.Handler):
+    """``probes.progress`` lines on stderr, a permutation line at most every ``every`` seconds
+    (99 of them would bury the result), every other line (start, stop) always."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        super().__init__(logging.INFO)
+        self.every, self.last = every, float("-inf")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.getMessage()
+        if line.startswith("permutation "):
+            now = time.monotonic()
+            if now - self.last < self.every:
+                return
+            self.last = now
+        click.echo(line, err=True)
+
+
+@contextlib.contextmanager
+def _progress_on_stderr():
+    logger = logging.getLogger("probes.progress")
+    if any(isinstance(h, _ProgressHandler) for h in logger.handlers):  # a command inside a command
+        yield
+        return
+    handler, level = _ProgressHandler(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 class ProbeGroup(click.Group):

@@ -8,6 +8,7 @@ is a thin layer over one library function that a notebook can call too, and (exc
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -77,6 +78,11 @@ def _report(summ: dict) -> None:
                f"{ci['balanced_accuracy'][1]:.4f}]  chance {ch['uniform']:.4f}  p={summ['p_value']['balanced_accuracy']:.3g}")
     click.echo(f"  top-1 {m['accuracy']:.4f}  majority {ch['majority']:.4f}  prior-matched {ch['prior_matched']:.4f}"
                f"  -> {summ['path']}")
+    _report_details(summ)
+
+
+def _report_details(summ: dict) -> None:
+    """Forced choice, controls and warnings of one result (also printed per seed)."""
     for fc in summ.get("extra", {}).get("forced_choice", []):
         if fc.get("skipped"):
             click.echo(f"  {fc['n_way']}-way {fc['foils']} foils: not run ({fc['skipped']})")
@@ -168,6 +174,8 @@ def _run(store_path, *, run, config, default_name: str, split_name, seed, seeds,
         for row in agg["per_seed"]:
             click.echo(f"seed {row['seed']}: balanced acc {row['balanced_accuracy']:.4f} top-1 {row['accuracy']:.4f}"
                        f"  {row['path']}")
+            # Each seed's forced choice and control verdicts: the mean below does not hold them.
+            _report_details(json.loads((Path(row["path"]) / "summary.json").read_text()))
         m, sd = agg["mean"], agg["std"]
         click.echo(f"mean over {seeds} seeds: balanced acc {m['balanced_accuracy']:.4f} +/- "
                    f"{sd['balanced_accuracy']:.4f}, top-1 {m['accuracy']:.4f} +/- {sd['accuracy']:.4f}")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +59,10 @@ MISSING_LABEL = "(missing)"
 # controls, never made into a within-value task.
 UNPLACED_VALUES = (MISSING_LABEL, "unknown")
 DEFAULT_CONTROL_PERMUTATIONS = 99  # p can reach 1/100 = 0.01
+# The controls' lines (start, each permutation with its ETA, the stop) also go here while they
+# run: the result's run.log is written only when the folder is complete, and 99 refits can take
+# many times the experiment's own fit. The CLI prints this logger on stderr (probes.cli_common).
+progress_log = logging.getLogger("probes.progress")
 
 
 def control_permutations(permutations: int | None) -> int:
@@ -143,7 +148,11 @@ def run_controls(store, *, covariates: Sequence[str], factory, X, y, names: Sequ
     """
     from probes import controls
 
-    say = log or (lambda line: None)
+    def say(line: str) -> None:
+        if log is not None:
+            log(line)
+        progress_log.info(line)
+
     classes = np.asarray(names)
     row_names = classes[np.asarray(y, dtype=np.int64)]
     subset = np.asarray(subset, dtype=np.int64)

@@ -210,3 +210,15 @@ def test_a_model_with_pending_rows_is_refused_and_accepted_knowingly(gender_only
     page = (out / "report" / "track3_cut_linear_all.html").read_text()
     assert "Incomplete data, used knowingly" in page and "Is it more than the covariate?" in page
     assert "within-stratum null" in page
+
+
+def test_controls_show_progress_on_stderr_and_every_seeds_verdict(gender_only, tmp_path):
+    """The within-stratum null can take many times the experiment's fit and run.log is written only
+    at the end, so its progress goes to stderr while it runs; with --seeds each seed's control and
+    forced-choice lines are printed (the mean over seeds holds neither)."""
+    res = _cli(["knn", "--store", gender_only, "--model", "toy", "--n-boot", "50", "--control", "gender",
+                "--permutations", "2", "--seeds", "2", "--forced-choice", "--out", tmp_path / "r"])
+    assert "control gender: 2 within-stratum permutations" in res.stderr
+    assert "permutation 1/2: balanced accuracy" in res.stderr and "s left" in res.stderr
+    assert res.stdout.count("  control gender: oracle") == 2  # one per seed
+    assert res.stdout.count("2-way popularity foils") == 2

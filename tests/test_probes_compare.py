@@ -202,3 +202,46 @@ def test_damaged_folders_are_skipped_with_the_reason_and_plots_only_when_made(tm
     assert "predictions.npy does not match its manifest" in data["skipped"][0]["reason"]
     assert "Result folders not used" in md and "track3_b" in md
     assert data["plots"] == [] and ".png" not in md and not list(tmp_path.glob("*.png"))
+
+
+def _row(**kw):
+    base = {"experiment": "e", "balanced_accuracy": 0.6, "baseline_balanced": 0.2, "p_balanced_adj": 0.001,
+            "above_baseline": True, "permutation_n": None, "forced_choice": None}
+    return {**base, **kw}
+
+
+def _fc(foils):
+    return {"n_way": 2, "foils": foils, "chance": 0.5, "prior_corrected": 0.9, "prior_corrected_lo": 0.8,
+            "prior_corrected_hi": 0.95, "raw": 0.9, "prior_only": 0.6, "ci_above_chance": True}
+
+
+def test_beyond_frequency_uses_only_popularity_matched_foils():
+    """The rule (and the report's sentence) is the popularity-matched forced choice: a run with only
+    same-gender or uniform foils has not made that check, so it says nothing beyond frequency."""
+    from probes.compare import _beyond_frequency
+
+    assert _beyond_frequency(_row(forced_choice=_fc("popularity")))["verdict"] is True
+    for foils in ("same-name_gender", "uniform"):
+        v = _beyond_frequency(_row(forced_choice=_fc(foils)))
+        assert v["verdict"] is None and "forced_choice_above_chance" not in v["checks"]
+
+
+def test_beyond_covariate_is_said_only_of_a_result_above_its_baseline():
+    """Beating the within-stratum null (test set held fixed) is no name signal beyond the covariate
+    when the result's CI over test identities still reaches chance: the words say which it is."""
+    from probes.compare import _beyond_covariate_verdict, _covariate_recommendations
+
+    c = {"experiment": "e", "task_key": "all (6 names)", "covariate": "name_gender", "balanced_accuracy": 0.61,
+         "beyond_null_mean": 0.22, "beyond_p": 0.01, "beyond_p_adj": 0.02, "beyond_significant": True,
+         "oracle_balanced_accuracy": 0.33, "from_face_balanced_accuracy": 0.28, "min_attainable_p": 0.01,
+         "n_permutations": 99}
+    recs = _covariate_recommendations([_row(above_baseline=False, controls=[c])], "Holm")
+    assert [r["kind"] for r in recs] == ["beyond_covariate_not_above_baseline"]
+    assert "no name signal beyond name_gender is shown" in recs[0]["text"]
+    assert not any(r["text"].startswith("Name signal beyond") for r in recs)
+    unsure = _beyond_covariate_verdict(c, above_baseline=False)
+    assert "not shown beyond name_gender" in unsure["text"] and unsure["shown"] is False
+    recs = _covariate_recommendations([_row(above_baseline=True, controls=[c])], "Holm")
+    assert [r["kind"] for r in recs] == ["beyond_covariate"] and recs[0]["text"].startswith("Name signal beyond")
+    shown = _beyond_covariate_verdict(c, above_baseline=True)
+    assert shown["text"] == "beyond name_gender" and shown["shown"] is True

@@ -262,3 +262,13 @@ def test_track3_cli_writes_the_html_report_too(made, tmp_path):
     index = tmp_path / "res" / "report" / "index.html"
     assert f"html report: {index}" in res.output and index.is_file()
     assert 'href="track3_knn_pixels32_all.html"' in _page(index)
+
+
+def test_beyond_covariate_cell_is_green_only_when_shown():
+    """A null beaten by a row that is not above its baseline reads "not shown": never in green."""
+    from probes.report.site import _beyond_covariate
+
+    unsure = {"significant": True, "shown": False, "text": "above the within-g null, but not above baseline: not shown"}
+    assert 'class="ns"' in _beyond_covariate({"beyond_covariate": {"g": unsure}}).html
+    shown = {**unsure, "shown": True, "text": "beyond g"}
+    assert 'class="sig"' in _beyond_covariate({"beyond_covariate": {"g": shown}}).html

@@ -278,7 +278,7 @@ def test_track3_controls_name_gender_by_default_and_reports_the_verdict(tmp_path
     verdict = row["beyond_covariate"]["name_gender"]
     assert verdict["p_raw"] == c["beyond"]["p_value"] and verdict["p_adjusted"] is not None
     kinds = {r["kind"] for r in data["recommendations"]}
-    assert kinds & {"beyond_covariate", "not_beyond_covariate"}
+    assert kinds & {"beyond_covariate", "beyond_covariate_not_above_baseline", "not_beyond_covariate"}
     md = (out / "track3_comparison.md").read_text()
     assert "## Beyond the covariate" in md and "clip_linear_all" in md.split("## Beyond the covariate")[1]
     # Within-value rows are tasks of their own, never the plan's 4-name task.

@@ -111,7 +111,8 @@ def _beyond_covariate(row: dict) -> Cell:
         if not isinstance(v, dict):
             parts.append(esc(fmt(v)))
             continue
-        sig = v.get("significant")
+        # Green only for "beyond the covariate" shown (null beaten and the row above its baseline).
+        sig = v.get("shown", v.get("significant"))
         cls = "sig" if sig else "ns"
         tip = f"{cov}: p raw {fmt_p(v.get('p_raw'))}, p adj. {fmt_p(v.get('p_adjusted'))}" + (
             " (at the smallest p the permutations can give)" if v.get("p_at_floor") else "")

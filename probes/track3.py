@@ -544,6 +544,15 @@ def run_track3(
         if (r.experiment, r.reason) not in said:
             said.add((r.experiment, r.reason))
             say(f"skip {r.experiment}: {r.reason}")
+    if controls or within:
+        # The lines above promise controls "for the plan's linear experiments": say which of them
+        # run here, since on a store without their models (the demo) none does.
+        controlled = list(dict.fromkeys(exp.name for exp, *_ in units if runs_nulls(exp)))
+        what = " and ".join(x for x in ((", ".join(controls) + " controls") if controls else "",
+                                        f"--within {within}" if within else "") if x)
+        say(f"{what}: run for {', '.join(controlled)}" if controlled else
+            f"{what}: none of the plan's linear experiments ({', '.join(e.name for e in EXPERIMENTS if runs_nulls(e))}) "
+            "is among the experiments that run here (skipped or not selected), so no result here gets them")
 
     splits: dict[int, Any] = {}
 

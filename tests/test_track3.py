@@ -259,6 +259,7 @@ def test_track3_controls_name_gender_by_default_and_reports_the_verdict(tmp_path
     _run(str(tmp_path / "store"), out, only=["clip_linear"], control_permutations=5, within="name_gender",
          echo=lines.append)
     assert any("run its controls by default" in line for line in lines)
+    assert "name_gender controls and --within name_gender: run for clip_linear" in lines
     s = json.loads((out / "track3_clip_linear_all" / "summary.json").read_text())
     c = s["controls"]["name_gender"]
     assert c["beyond"]["n_permutations"] == 5 and c["attrs"]["source"].startswith("nomquamgender")
@@ -296,6 +297,25 @@ def test_track3_controls_name_gender_by_default_and_reports_the_verdict(tmp_path
     assert "name_gender" in inputs["covariates"]
     add_name_gender(st, threshold=0.2)  # same values, other attrs: the result depends on them
     assert input_fingerprint(st, exp, cfg, split, models=exp.models)[0] != before
+
+
+def test_track3_says_when_no_experiment_that_runs_gets_the_default_control(tmp_path):
+    """On a store without the plan's linear models (the demo) the default-control line must not
+    leave the reader believing a control ran: the log says none of the run's experiments gets it."""
+    from facestore.store.covariates import add_name_gender
+    from tests.synthetic_covariates import planted_gender_store
+
+    store, d = planted_gender_store(tmp_path / "store", names_per_gender=2, people_split=(3, 2, 2),
+                                    images_per_person=3, dim=8)
+    import_embeddings(store, "pixels-32", embeddings=d.X, ids=d.image_ids, view="pixels", chunk_rows=64)
+    add_name_gender(store)
+    lines: list[str] = []
+    _run(str(tmp_path / "store"), tmp_path / "r", only=["pixels32"], echo=lines.append)
+    assert any("run its controls by default" in line for line in lines)
+    assert any(line.startswith("name_gender controls: none of the plan's linear experiments (dinov2, ")
+               for line in lines), lines
+    s = json.loads((tmp_path / "r" / "track3_pixels32_all" / "summary.json").read_text())
+    assert not s.get("controls")
 
 
 def test_cli_track3_control_options_map_to_run_track3(tmp_path, monkeypatch):

@@ -796,14 +796,21 @@ def track3_command(ctx, store_path, out, names, seeds, seed, only, device, n_boo
         raise click.UsageError("give --control COVARIATE or --no-control, not both")
     # The rule of docs/probes.md: --permutations, when given, also sizes the within-stratum null.
     given = ctx.get_parameter_source("permutations") not in (click.core.ParameterSource.DEFAULT, None)
-    report = run_track3(store_path, out, names=names.split(","), seeds=seeds, seed=seed, only=only_list,
-                        device=device, n_boot=n_boot, force=force, plots=not no_plots,
-                        progress=not no_progress and sys.stderr.isatty(), echo=lambda line: click.echo(line, err=True),
-                        by=split_by,
-                        permutations=permutations, null_repeats=null_repeats, reference=reference,
-                        correction=correction, controls=() if no_control else (control_list or None),
-                        control_permutations=control_permutations(permutations if given else None), within=within,
-                        allow_incomplete=allow_incomplete)
+    try:
+        report = run_track3(store_path, out, names=names.split(","), seeds=seeds, seed=seed, only=only_list,
+                            device=device, n_boot=n_boot, force=force, plots=not no_plots,
+                            progress=not no_progress and sys.stderr.isatty(),
+                            echo=lambda line: click.echo(line, err=True), by=split_by,
+                            permutations=permutations, null_repeats=null_repeats, reference=reference,
+                            correction=correction, controls=() if no_control else (control_list or None),
+                            control_permutations=control_permutations(permutations if given else None),
+                            within=within, allow_incomplete=allow_incomplete)
+    except KeyboardInterrupt:
+        # Ctrl-C printed only "Aborted!": say that nothing finished is lost and how to go on.
+        click.echo("\ntrack3 interrupted: every result folder written so far is complete and kept (the one being "
+                   "written stays a hidden temporary folder that the next run removes); run the same command again to resume: experiments whose inputs did not "
+                   "change are skipped", err=True)
+        raise click.Abort() from None
     counts = ", ".join(f"{len(report.by_status(k))} {k}" for k in ("ran", "unchanged", "skipped", "failed"))
     click.echo(f"track3: {counts} -> {report.comparison}")
     if not no_plots and (Path(out) / "comparison.json").is_file():  # the HTML report renders comparison.json

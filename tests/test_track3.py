@@ -318,6 +318,20 @@ def test_track3_says_when_no_experiment_that_runs_gets_the_default_control(tmp_p
     assert not s.get("controls")
 
 
+def test_cli_track3_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
+    """Ctrl-C printed only "Aborted!": the user is told the finished folders are kept and how to go on."""
+    import probes.track3 as t3
+
+    def interrupted(store, out, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(t3, "run_track3", interrupted)
+    (tmp_path / "s").mkdir()
+    res = CliRunner().invoke(track3_command, ["--store", str(tmp_path / "s"), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1 and "Aborted!" in res.output
+    assert "run the same command again to resume" in res.output and "complete and kept" in res.output
+
+
 def test_cli_track3_control_options_map_to_run_track3(tmp_path, monkeypatch):
     """--control / --no-control / --permutations / --within / --allow-incomplete reach run_track3 as documented."""
     import probes.track3 as t3

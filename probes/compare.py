@@ -490,6 +490,12 @@ def _embeddings(task_groups, results_by_path) -> dict[str, list[dict]]:
                 ranking["n_images"] = n_common
                 ranking["basis"] = ("all test images (every model scored the same images)" if same else
                                     f"the {n_common} test images every model scored")
+                # Seeds on a split another model did not run on are not in the numbers: say so,
+                # rather than "all test images" of an experiment whose other seeds were left out.
+                left_out = sum(r["split_hash"] not in splits for _, e in entries for r in e["rows"])
+                if left_out:
+                    ranking["basis"] += (f", on the {len(splits)} split(s) every model ran on; {left_out} "
+                                         "result(s) on other splits left out")
                 if not same:
                     ranking["flag"] = (f"the models scored different test images ({min(n_each)}-{max(n_each)}); "
                                        f"ranked on the {n_common} they share")
@@ -503,7 +509,8 @@ def _embeddings(task_groups, results_by_path) -> dict[str, list[dict]]:
                     ranking["entries"].append({
                         "model": model, "experiment": e["group"], "family": family, "n_seeds": len(splits),
                         "balanced_accuracy": float(np.mean(vals)),
-                        "above_baseline": [bool(r.get("above_baseline")) for r in e["rows"]],
+                        "above_baseline": [bool(r.get("above_baseline")) for r in e["rows"]
+                                           if r["split_hash"] in splits],
                         "chance_uniform": e["rows"][0]["chance_uniform"]})
             else:
                 ranking["basis"] = ("one model only" if len(entries) == 1 else

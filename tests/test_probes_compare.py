@@ -245,3 +245,16 @@ def test_beyond_covariate_is_said_only_of_a_result_above_its_baseline():
     assert [r["kind"] for r in recs] == ["beyond_covariate"] and recs[0]["text"].startswith("Name signal beyond")
     shown = _beyond_covariate_verdict(c, above_baseline=True)
     assert shown["text"] == "beyond name_gender" and shown["shown"] is True
+
+
+def test_embedding_ranking_says_when_seeds_on_other_splits_are_left_out(tmp_path):
+    """One run of m1 on split s0 and two seeds of m2 (s0, s1): the ranking can only use s0, and must
+    not call that "all test images" of m2 nor count m2's s1 result in its above-baseline tally."""
+    _fake(tmp_path, "one_all", split_hash="s0", model="m1", signal=1.0)
+    for s in ("s0", "s1"):
+        _fake(tmp_path, f"two_all-{s}", split_hash=s, seed_group="two_all", model="m2", signal=1.0)
+    data, md = _compare(tmp_path)
+    rk = next(r for r in data["embeddings"]["all (6 names)"] if r["family"] == "linear")
+    assert "on the 1 split(s) every model ran on; 1 result(s) on other splits left out" in rk["basis"]
+    assert all(len(e["above_baseline"]) == 1 for e in rk["entries"])
+    assert "1 result(s) on other splits left out" in md

@@ -272,3 +272,15 @@ def test_beyond_covariate_cell_is_green_only_when_shown():
     assert 'class="ns"' in _beyond_covariate({"beyond_covariate": {"g": unsure}}).html
     shown = {**unsure, "shown": True, "text": "beyond g"}
     assert 'class="sig"' in _beyond_covariate({"beyond_covariate": {"g": shown}}).html
+
+
+def test_embedding_ranking_names_the_experiment_and_counts_above_baseline():
+    """Two experiments of one model read "pixels-32 0.61; pixels-32 0.61" with no way to tell them apart."""
+    from probes.report.site import _embeddings
+
+    emb = {"all": [{"family": "linear", "basis": "b", "entries": [
+        {"model": "pixels-32", "experiment": "lin", "balanced_accuracy": 0.61, "above_baseline": [False]},
+        {"model": "pixels-32", "experiment": "lin_ctl", "balanced_accuracy": 0.47, "above_baseline": [True, False]}]}]}
+    html = _embeddings(emb)
+    assert "pixels-32 (lin) 0.6" in html and "pixels-32 (lin_ctl) 0.4" in html
+    assert "[above baseline in 0/1]" in html and "[above baseline in 1/2]" in html

@@ -372,9 +372,13 @@ def _embeddings(emb) -> str:
             if not isinstance(e, dict):
                 continue
             if isinstance(e.get("entries"), list):  # schema 2: one ranking per probe family
+                # The experiment beside the model (one model can appear in two experiments) and
+                # the above-baseline count, as track3_comparison.md writes them.
                 entries = "; ".join(
-                    f"{esc(x.get('model'))} {esc(fmt(x.get('balanced_accuracy')))}"
-                    + (" (above baseline)" if any(x.get("above_baseline") or []) else "")
+                    f"{esc(x.get('model'))}" + (f" ({esc(x['experiment'])})" if x.get("experiment") else "")
+                    + f" {esc(fmt(x.get('balanced_accuracy')))}"
+                    + (f" [above baseline in {sum(map(bool, x['above_baseline']))}/{len(x['above_baseline'])}]"
+                       if isinstance(x.get("above_baseline"), list) else "")
                     for x in e["entries"] if isinstance(x, dict))
                 note = f" <span class='note'>({esc(e['basis'])})</span>" if e.get("basis") else ""
                 flag = f" <span class='warn'>{esc(e['flag'])}</span>" if e.get("flag") else ""

@@ -16,6 +16,7 @@ as a traceback, with one exit code per class of error (documented in docs/faq.md
       (or ``facestore upgrade``)
 4     the store is locked by another live process (after the bounded wait)
 5     permission denied, or another operating-system error (disk full, I/O error)
+130   interrupted (Ctrl-C, 128 + SIGINT): what was committed is kept, the same command resumes
 ====  ==================================================================================
 """
 
@@ -56,6 +57,8 @@ from facestore.errors import (
 )
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_DAMAGED, EXIT_LOCKED, EXIT_OS = 0, 1, 2, 3, 4, 5
+# Ctrl-C: the shell convention 128 + SIGINT, so a script can tell an interrupt from a failure.
+EXIT_INTERRUPTED = 130
 
 #: Error classes -> exit code, most specific first (the first match wins).
 _EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], int], ...] = (
@@ -122,7 +125,7 @@ class _Group(click.Group):
             click.echo("\nError: interrupted" + ("; everything committed so far is kept: run the same command again "
                                                   "to resume (`facestore info STORE` shows what is done)"
                                                   if resumable else ""), err=True)
-            ctx.exit(EXIT_PROBLEMS)
+            ctx.exit(EXIT_INTERRUPTED)
         finally:
             warnings.formatwarning = saved
 

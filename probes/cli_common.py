@@ -14,6 +14,7 @@ Exit codes are facestore's (docs/faq.md), so a script that runs both tools reads
       run ``facestore verify``
 4     the store is locked by another live process
 5     permission denied, or another operating-system error (disk full, I/O error)
+130   interrupted (Ctrl-C, 128 + SIGINT): what was committed is kept, the same command resumes
 ====  ==================================================================================
 
 Every :class:`~probes.errors.ProbeError` is an input error (2); facestore's errors keep the code
@@ -78,6 +79,12 @@ def _handled(invoke, ctx: click.Context) -> Any:
     except _user_errors() as e:
         click.echo(f"Error: {_message(e)}", err=True)
         ctx.exit(exit_code(e))
+    except KeyboardInterrupt:  # Ctrl-C: click would print only "Aborted!" and exit 1 ("found problems")
+        from facestore.cli import EXIT_INTERRUPTED
+
+        click.echo("\nError: interrupted; result folders are written whole or not at all, so nothing finished is "
+                   "lost: run the same command again", err=True)
+        ctx.exit(EXIT_INTERRUPTED)
 
 
 class ProbeCommand(click.Command):

@@ -810,7 +810,9 @@ def track3_command(ctx, store_path, out, names, seeds, seed, only, device, n_boo
         click.echo("\ntrack3 interrupted: every result folder written so far is complete and kept (the one being "
                    "written stays a hidden temporary folder that the next run removes); run the same command again to resume: experiments whose inputs did not "
                    "change are skipped", err=True)
-        raise click.Abort() from None
+        from facestore.cli import EXIT_INTERRUPTED
+
+        ctx.exit(EXIT_INTERRUPTED)
     counts = ", ".join(f"{len(report.by_status(k))} {k}" for k in ("ran", "unchanged", "skipped", "failed"))
     click.echo(f"track3: {counts} -> {report.comparison}")
     if not no_plots and (Path(out) / "comparison.json").is_file():  # the HTML report renders comparison.json

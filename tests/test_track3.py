@@ -328,8 +328,23 @@ def test_cli_track3_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(t3, "run_track3", interrupted)
     (tmp_path / "s").mkdir()
     res = CliRunner().invoke(track3_command, ["--store", str(tmp_path / "s"), "--out", str(tmp_path / "r")])
-    assert res.exit_code == 1 and "Aborted!" in res.output
+    assert res.exit_code == 130 and "Aborted!" not in res.output  # 128 + SIGINT, not "found problems"
     assert "run the same command again to resume" in res.output and "complete and kept" in res.output
+
+
+def test_cli_ctrl_c_in_any_probes_command_exits_130_and_says_nothing_finished_is_lost(tmp_path, monkeypatch):
+    import probes.linear_experiment as le
+    from probes.cli import main
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(le, "run_linear", interrupted)
+    monkeypatch.setattr("probes.splits.get_split", lambda *a, **k: None)
+    monkeypatch.setattr("facestore.open_store", lambda *a, **k: None)
+    res = CliRunner().invoke(main, ["linear", "--store", str(tmp_path), "--model", "m", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 130, res.output
+    assert "Error: interrupted; result folders are written whole or not at all" in res.output
 
 
 def test_cli_track3_control_options_map_to_run_track3(tmp_path, monkeypatch):

@@ -261,19 +261,25 @@ def brier_score(y_true, proba) -> float:
     return float(np.mean(sq))
 
 
+def _confidence_bins(y_true, proba, n_bins: int):
+    """Per equal-width, right-closed confidence bin ((m-1)/M, m/M]: row count, sum of
+    correctness (argmax == true name) and sum of top-1 confidence, and the number of rows."""
+    y, P = _check_proba(y_true, proba)
+    conf = P.max(axis=1)
+    correct = (P.argmax(axis=1) == y).astype(np.float64)
+    # A confidence of exactly 0 (impossible for a probability row) goes to bin 0.
+    idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins)
+    return count, np.bincount(idx, weights=correct, minlength=n_bins), np.bincount(idx, weights=conf,
+                                                                                  minlength=n_bins), y.size
+
+
 def expected_calibration_error(y_true, proba, *, n_bins: int = ECE_BINS) -> float:
     """Top-label ECE (Guo et al. 2017): rows binned by confidence max_c p_c into ``n_bins``
     equal-width bins ((m-1)/M, m/M]; sum over bins of |bin share| * |accuracy - mean confidence|,
     where a row is correct when its argmax is the true name."""
-    y, P = _check_proba(y_true, proba)
-    conf = P.max(axis=1)
-    correct = (P.argmax(axis=1) == y).astype(np.float64)
-    # Right-closed bins; a confidence of exactly 0 (impossible for a probability row) goes to bin 0.
-    idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
-    acc = np.bincount(idx, weights=correct, minlength=n_bins)
-    cs = np.bincount(idx, weights=conf, minlength=n_bins)
-    return float(np.abs(acc - cs).sum() / y.size)
+    _, acc, cs, n = _confidence_bins(y_true, proba, n_bins)
+    return float(np.abs(acc - cs).sum() / n)
 
 
 def reliability_table(y_true, proba, *, n_bins: int = ECE_BINS) -> dict:
@@ -284,13 +290,7 @@ def reliability_table(y_true, proba, *, n_bins: int = ECE_BINS) -> dict:
     Sum over bins of count * |accuracy - confidence| / n is exactly the ECE, so a report can
     draw the diagram from summary.json without the probabilities.
     """
-    y, P = _check_proba(y_true, proba)
-    conf = P.max(axis=1)
-    correct = (P.argmax(axis=1) == y).astype(np.float64)
-    idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    count = np.bincount(idx, minlength=n_bins)
-    acc = np.bincount(idx, weights=correct, minlength=n_bins)
-    cs = np.bincount(idx, weights=conf, minlength=n_bins)
+    count, acc, cs, _ = _confidence_bins(y_true, proba, n_bins)
     nz = count > 0
     return {
         "edges": [float(e) for e in np.linspace(0.0, 1.0, n_bins + 1)],

@@ -256,42 +256,42 @@ def _distribution(res, opts: PageOptions) -> str:
         f'<p class="note">{esc(note)}</p>'
 
 
+def _reliability_figure(tab: dict, path: Path) -> Path:
+    """Draw a :func:`probes.metrics.reliability_table` (empty bins hold None)."""
+    nan = float("nan")
+    return F.reliability_figure(np.array([nan if v is None else v for v in tab["confidence"]], dtype=float),
+                                np.array([nan if v is None else v for v in tab["accuracy"]], dtype=float),
+                                np.asarray(tab["count"]), path)
+
+
 def _reliability(res, proba: np.ndarray | None, fig_dir: Path, stem: str, opts: PageOptions,
                  report_dir: Path) -> tuple[str, str | None]:
+    from probes.metrics import reliability_table
+
     if proba is None:
-        table_ = ((res.summary.get("calibration") or {}).get("reliability")
-                  if isinstance(res.summary, dict) else None)
-        if isinstance(table_, dict) and table_.get("count") and sum(table_["count"]):
-            counts = np.asarray(table_["count"])
-            nan = float("nan")
-            mean_conf = np.array([nan if v is None else v for v in table_["confidence"]], dtype=float)
-            acc = np.array([nan if v is None else v for v in table_["accuracy"]], dtype=float)
-            path = F.reliability_figure(mean_conf, acc, counts, fig_dir / f"{stem}_reliability.png")
-            cal = res.summary["calibration"]
-            note = (f"From summary.json's reliability table ({counts.size} equal-width bins of the top-1 probability, "
-                    f"the bins of its ECE; probabilities from {cal.get('source', 'the probe')}).")
-            return _img(href(path, start=report_dir), "reliability diagram") + f'<p class="note">{esc(note)}</p>', None
-        why = ("This result folder has no probabilities.npy and its summary.json no reliability table (made by an "
-               "older probes), so no reliability diagram can be drawn; rerun the experiment to get one.")
-        return _missing(why), "no probabilities.npy"
-    n, c = len(res.true_labels), len(res.names)
-    if proba.shape != (n, c):
-        return _missing(f"probabilities.npy has shape {proba.shape}, expected ({n}, {c}): not drawn"), "bad probabilities.npy"
-    sums = proba.sum(axis=1)
-    if proba.min() < -1e-6 or np.abs(sums - 1).max() > 1e-3:
-        return _missing("probabilities.npy holds scores that are not probabilities (rows do not sum to 1): "
-                        "no reliability diagram"), "scores are not probabilities"
-    conf = proba.max(axis=1)
-    correct = proba.argmax(axis=1) == res.true_labels
-    edges = np.linspace(0, 1, opts.reliability_bins + 1)
-    b = np.clip(np.digitize(conf, edges[1:-1]), 0, opts.reliability_bins - 1)
-    counts = np.bincount(b, minlength=opts.reliability_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.bincount(b, weights=conf, minlength=opts.reliability_bins) / counts
-        acc = np.bincount(b, weights=correct.astype(float), minlength=opts.reliability_bins) / counts
-    path = F.reliability_figure(mean_conf, acc, counts, fig_dir / f"{stem}_reliability.png")
-    note = (f"Binned here from probabilities.npy ({opts.reliability_bins} equal-width bins of the top-1 "
-            "probability); the calibration scores above are summary.json's.")
+        tab = ((res.summary.get("calibration") or {}).get("reliability")
+               if isinstance(res.summary, dict) else None)
+        if not (isinstance(tab, dict) and tab.get("count") and sum(tab["count"])):
+            why = ("This result folder has no probabilities.npy and its summary.json no reliability table (made by an "
+                   "older probes), so no reliability diagram can be drawn; rerun the experiment to get one.")
+            return _missing(why), "no probabilities.npy"
+        cal = res.summary["calibration"]
+        note = (f"From summary.json's reliability table ({len(tab['count'])} equal-width bins of the top-1 "
+                f"probability, the bins of its ECE; probabilities from {cal.get('source', 'the probe')}).")
+    else:
+        n, c = len(res.true_labels), len(res.names)
+        if proba.shape != (n, c):
+            return (_missing(f"probabilities.npy has shape {proba.shape}, expected ({n}, {c}): not drawn"),
+                    "bad probabilities.npy")
+        sums = proba.sum(axis=1)
+        if proba.min() < -1e-6 or np.abs(sums - 1).max() > 1e-3:
+            return _missing("probabilities.npy holds scores that are not probabilities (rows do not sum to 1): "
+                            "no reliability diagram"), "scores are not probabilities"
+        # The ECE's own bins (right-closed), so the picture and summary.json's ECE agree.
+        tab = reliability_table(res.true_labels, proba, n_bins=opts.reliability_bins)
+        note = (f"Binned here from probabilities.npy ({opts.reliability_bins} equal-width bins of the top-1 "
+                "probability); the calibration scores above are summary.json's.")
+    path = _reliability_figure(tab, fig_dir / f"{stem}_reliability.png")
     return _img(href(path, start=report_dir), "reliability diagram") + f'<p class="note">{esc(note)}</p>', None
 
 

@@ -475,6 +475,39 @@ def shuffle_names_within_strata(names, *, groups, strata, rng: np.random.Generat
     return new[codes]
 
 
+def _null_record(observed: float, null: np.ndarray, p: float, *, ci, p_chance, chance: float, alpha: float,
+                 planned: int, stopped: bool, stop_after: int | None, null_method: str, n_strata: int, seed: int,
+                 t0: float) -> dict:
+    """The ``beyond`` block of both within-stratum nulls (refit or fixed predictions)."""
+    out = {
+        "balanced_accuracy": float(observed),
+        "ci": ci,
+        "p_value_vs_chance": p_chance,
+        "chance": chance,
+        "null_mean": float(null.mean()),
+        "null_ci": [float(np.percentile(null, 100 * alpha / 2)), float(np.percentile(null, 100 * (1 - alpha / 2)))],
+        "p_value": p,
+        "significant": bool(p < alpha),
+        "alpha": alpha,
+        "n_permutations": int(null.size),
+        "n_permutations_planned": int(planned),
+        "stopped_early": bool(stopped),
+        "stop_after": None if stop_after is None else int(stop_after),
+        "p_value_method": ("Besag-Clifford sequential: h / L at the h-th null score >= observed" if stopped else
+                           "(1 + #null >= observed) / (1 + N)"),
+        "min_p_value": 1.0 / (int(planned) + 1),
+        "null": null.tolist(),
+        "null_method": null_method,
+        "n_strata": int(n_strata),
+        "seed": int(seed),
+        "seconds": time.perf_counter() - t0,
+    }
+    if out["min_p_value"] >= alpha:
+        out["warning"] = (f"{planned} permutations cannot give p < {alpha} (smallest p is "
+                          f"{out['min_p_value']:.3f}); use at least {int(np.ceil(1 / alpha))}")
+    return out
+
+
 def beyond_covariate(factory, *, X, names, covariate, subset, groups=None, classes=None,
                      n_permutations: int = DEFAULT_PERMUTATIONS, alpha: float = 0.05, seed: int = 0,
                      observed: float | None = None, n_boot: int = 1000, stop_after: int | None = DEFAULT_STOP_AFTER,
@@ -549,37 +582,14 @@ def beyond_covariate(factory, *, X, names, covariate, subset, groups=None, class
             stopped = True
             null = null[: i + 1]
             say(f"beyond covariate: stopped after {i + 1} of {planned} permutations: {at_or_above} null scores "
-                f"reach the observed one (Besag-Clifford; p = {at_or_above}/{i + 1}, not significant either way)")
+                f"reach the observed one (Besag-Clifford; p = {at_or_above}/{i + 1})")
             break
     p = at_or_above / null.size if stopped else stats.permutation_p_value(observed, null)
-    n_permutations = null.size
-    out = {
-        "balanced_accuracy": observed,
-        "ci": ci,
-        "p_value_vs_chance": p_chance,
-        "chance": 1.0 / r.classes.size,
-        "null_mean": float(null.mean()),
-        "null_ci": [float(np.percentile(null, 100 * alpha / 2)), float(np.percentile(null, 100 * (1 - alpha / 2)))],
-        "p_value": p,
-        "significant": bool(p < alpha),
-        "alpha": alpha,
-        "n_permutations": int(n_permutations),
-        "n_permutations_planned": planned,
-        "stopped_early": stopped,
-        "stop_after": None if stop_after is None else int(stop_after),
-        "p_value_method": ("Besag-Clifford sequential: h / L at the h-th null score >= observed" if stopped else
-                           "(1 + #null >= observed) / (1 + N)"),
-        "min_p_value": 1.0 / (planned + 1),
-        "null": null.tolist(),
-        "null_method": "names shuffled across training identities within each covariate value; "
-                       "fit and selection repeated; scored on the true test names",
-        "n_strata": n_strata,
-        "seed": int(seed),
-        "seconds": time.perf_counter() - t0,
-    }
-    if out["min_p_value"] >= alpha:
-        out["warning"] = (f"{planned} permutations cannot give p < {alpha} (smallest p is "
-                          f"{out['min_p_value']:.3f}); use at least {int(np.ceil(1 / alpha))}")
+    out = _null_record(observed, null, p, ci=ci, p_chance=p_chance, chance=1.0 / r.classes.size, alpha=alpha,
+                       planned=planned, stopped=stopped, stop_after=stop_after,
+                       null_method="names shuffled across training identities within each covariate value; "
+                                   "fit and selection repeated; scored on the true test names",
+                       n_strata=n_strata, seed=seed, t0=t0)
     say(f"beyond covariate: p = {p:.4f} (null mean {out['null_mean']:.4f}), {out['seconds']:.1f} s")
     return out
 
@@ -615,35 +625,19 @@ def beyond_fixed_predictions(predictions, *, names, covariate, subset, groups=No
                                    seed=seed)
     strata = _identity_values(r)[r.codes][test]
     test_groups = r.codes[test]
-    lookup = {c: i for i, c in enumerate(r.classes.tolist())}
     rng = np.random.default_rng(seed)
     null = np.empty(int(n_permutations))
     for i in range(int(n_permutations)):
-        shuffled = shuffle_names_within_strata(r.names[test], groups=test_groups, strata=strata, rng=rng)
-        null[i] = balanced_accuracy(np.array([lookup[s] for s in shuffled.tolist()], dtype=np.int64), pred)
+        # The name indices are shuffled directly (the same draws as shuffling the names).
+        shuffled = shuffle_names_within_strata(y_test, groups=test_groups, strata=strata, rng=rng)
+        null[i] = balanced_accuracy(shuffled, pred)
     p = stats.permutation_p_value(observed, null)
-    out = {
-        "balanced_accuracy": float(observed),
-        "ci": boot["ci"]["balanced_accuracy"],
-        "p_value_vs_chance": boot["p_value"]["balanced_accuracy"],
-        "chance": 1.0 / r.classes.size,
-        "null_mean": float(null.mean()),
-        "null_ci": [float(np.percentile(null, 100 * alpha / 2)), float(np.percentile(null, 100 * (1 - alpha / 2)))],
-        "p_value": p,
-        "significant": bool(p < alpha),
-        "alpha": alpha,
-        "n_permutations": int(n_permutations),
-        "min_p_value": 1.0 / (int(n_permutations) + 1),
-        "null": null.tolist(),
-        "null_method": "test names shuffled across test identities within each covariate value over the fixed "
-                       "predictions (nothing was trained)",
-        "n_strata": int(np.unique(strata).size),
-        "seed": int(seed),
-        "seconds": time.perf_counter() - t0,
-    }
-    if out["min_p_value"] >= alpha:
-        out["warning"] = (f"{n_permutations} permutations cannot give p < {alpha} (smallest p is "
-                          f"{out['min_p_value']:.3f}); use at least {int(np.ceil(1 / alpha))}")
+    out = _null_record(observed, null, p, ci=boot["ci"]["balanced_accuracy"],
+                       p_chance=boot["p_value"]["balanced_accuracy"], chance=1.0 / r.classes.size, alpha=alpha,
+                       planned=int(n_permutations), stopped=False, stop_after=None,
+                       null_method="test names shuffled across test identities within each covariate value over "
+                                   "the fixed predictions (nothing was trained)",
+                       n_strata=int(np.unique(strata).size), seed=seed, t0=t0)
     say(f"beyond covariate (fixed predictions): p = {p:.4f} (null mean {out['null_mean']:.4f}), {out['seconds']:.1f} s")
     return out
 

@@ -42,6 +42,7 @@ from probes.errors import CovariateError
 
 __all__ = [
     "MISSING_LABEL",
+    "ProtocolOptions",
     "UNPLACED_VALUES",
     "WithinPlan",
     "control_permutations",
@@ -63,6 +64,25 @@ DEFAULT_CONTROL_PERMUTATIONS = 99  # p can reach 1/100 = 0.01
 # run: the result's run.log is written only when the folder is complete, and 99 refits can take
 # many times the experiment's own fit. The CLI prints this logger on stderr (probes.cli_common).
 progress_log = logging.getLogger("probes.progress")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProtocolOptions:
+    """The protocol fields every probe family's config shares (recorded in its config.json).
+
+    ``forced_choice`` / ``null_repeats``: the forced-choice scores and their shuffled-name refits;
+    ``foils``: its protocols (``same-COV`` is added for every control); ``controls``: covariates
+    whose controls (:mod:`probes.controls`) go into summary.json, with ``control_permutations``
+    within-stratum refits; ``allow_incomplete``: proceed on a model with rows still pending,
+    recording it. Keyword-only, so each family's own fields keep their positions.
+    """
+
+    forced_choice: bool = False
+    null_repeats: int = 0
+    foils: tuple[str, ...] = ("uniform", "popularity")
+    controls: tuple[str, ...] = ()
+    control_permutations: int = DEFAULT_CONTROL_PERMUTATIONS
+    allow_incomplete: bool = False
 
 
 def control_permutations(permutations: int | None) -> int:

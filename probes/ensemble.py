@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sklearn.exceptions import NotFittedError
 
+from probes.covariates import ProtocolOptions
 from probes.errors import ProbeConfigError
 
 if TYPE_CHECKING:
@@ -185,7 +186,7 @@ class LearnedWeights:
 
 
 @dataclass(frozen=True)
-class EnsembleConfig:
+class EnsembleConfig(ProtocolOptions):
     """One ensemble experiment over several models of one store (recorded in config.json).
 
     ``lambdas``, ``tol``: every linear probe's grid and tolerance (None: the defaults).
@@ -206,13 +207,7 @@ class EnsembleConfig:
     oof_folds: int = 5
     n_boot: int = 1000
     device: str = "auto"
-    forced_choice: bool = False
-    null_repeats: int = 0
     random_state: int = 0
-    foils: tuple[str, ...] = ("uniform", "popularity")
-    controls: tuple[str, ...] = ()
-    control_permutations: int = 99
-    allow_incomplete: bool = False
 
 
 def _aligned_subset(store, config: EnsembleConfig, task, split, subset: str):

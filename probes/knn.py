@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sklearn.exceptions import NotFittedError
 
+from probes.covariates import ProtocolOptions
 from probes.errors import ProbeConfigError
 
 if TYPE_CHECKING:
@@ -252,7 +253,7 @@ def task_slug(names) -> str:
 
 
 @dataclass(frozen=True)
-class KNNConfig:
+class KNNConfig(ProtocolOptions):
     """One kNN experiment (recorded in config.json).
 
     ``k`` / ``temperature`` None: chosen on validation among ``ks`` / ``temperatures``; a value
@@ -273,13 +274,7 @@ class KNNConfig:
     temperature: float | None = None
     device: str = "auto"
     n_boot: int = 1000
-    forced_choice: bool = False
-    null_repeats: int = 0
     random_state: int = 0
-    foils: tuple[str, ...] = ("uniform", "popularity")
-    controls: tuple[str, ...] = ()
-    control_permutations: int = 99
-    allow_incomplete: bool = False
 
 
 class SelectedKNN:

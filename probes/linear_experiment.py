@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from probes.covariates import ProtocolOptions
 from probes.linear import DEFAULT_TOL, LinearSweep
 from probes.names import NameTask, task_spec
 
@@ -27,7 +28,7 @@ SEED_METRICS = ("balanced_accuracy", "accuracy", "top5_accuracy", "macro_f1", "p
 
 
 @dataclass(frozen=True)
-class LinearConfig:
+class LinearConfig(ProtocolOptions):
     """Everything that defines one linear-probe experiment (recorded in config.json).
 
     ``lambdas`` None is the default 15-value grid (1e-6 .. 10); ``solver``, ``tol``,
@@ -63,13 +64,7 @@ class LinearConfig:
     device: str = "auto"
     n_threads: int | None = None
     save_embeddings: bool = False
-    forced_choice: bool = False
-    null_repeats: int = 0
     random_state: int = 0
-    foils: tuple[str, ...] = ("uniform", "popularity")
-    controls: tuple[str, ...] = ()
-    control_permutations: int = 99
-    allow_incomplete: bool = False
 
     def sweep(self, classes) -> LinearSweep:
         """The unfitted sweep this config describes."""

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 from sklearn.exceptions import NotFittedError
 
+from probes.covariates import ProtocolOptions
 from probes.errors import ProbeConfigError
 
 if TYPE_CHECKING:
@@ -549,7 +550,7 @@ def check_encoder_split(store, model: str, split) -> None:
 
 
 @dataclass(frozen=True)
-class SupConConfig:
+class SupConConfig(ProtocolOptions):
     """One SupCon-head experiment on frozen store features (recorded in config.json).
 
     ``lambdas``, ``tol``: the linear probe's grid and tolerance on the learned representation
@@ -572,12 +573,6 @@ class SupConConfig:
     n_boot: int = 1000
     device: str = "auto"
     save_embeddings: bool = False
-    forced_choice: bool = False
-    null_repeats: int = 0
-    foils: tuple[str, ...] = ("uniform", "popularity")
-    controls: tuple[str, ...] = ()
-    control_permutations: int = 99
-    allow_incomplete: bool = False
 
 
 def experiment_name(config: SupConConfig) -> str:

@@ -40,6 +40,7 @@ from sklearn.exceptions import NotFittedError
 # The template sets live beside the text embeddings they produce (facestore.text), so that the
 # stored prompts and the probes' names for them cannot drift apart.
 from facestore.text import NAME_TAILORED_TEMPLATES, PLAN_TEMPLATES, TEMPLATE_SETS  # noqa: F401 (re-exported)
+from probes.covariates import ProtocolOptions
 from probes.errors import ProbeConfigError
 
 if TYPE_CHECKING:
@@ -232,7 +233,7 @@ class TextEmbeddingsArrays:
 
 
 @dataclass(frozen=True)
-class ZeroShotConfig:
+class ZeroShotConfig(ProtocolOptions):
     """One zero-shot experiment (recorded in config.json).
 
     ``controls``, ``control_permutations``, ``foils``, ``allow_incomplete``: as
@@ -249,13 +250,7 @@ class ZeroShotConfig:
     names: str | NameTask = "all"
     min_images: int = 0
     n_boot: int = 1000
-    forced_choice: bool = False
-    null_repeats: int = 0
     random_state: int = 0
-    foils: tuple[str, ...] = ("uniform", "popularity")
-    controls: tuple[str, ...] = ()
-    control_permutations: int = 99
-    allow_incomplete: bool = False
 
 
 def _task_text(text, task_names):
